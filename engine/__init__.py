@@ -1,0 +1,1 @@
+"""Torch-only acceleration logic. Imports without ComfyUI (nothing here may import comfy.*)."""

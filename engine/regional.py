@@ -1,0 +1,144 @@
+"""Regional compilation: compile the repeated blocks of a model (identical blocks share compiled code), lazily on
+first use, with a fall-back to eager for the whole model when the backend fails.
+
+Nothing in the module tree is replaced: a compiled region is installed as the `forward` attribute of the block (by
+the caller, e.g. as a ComfyUI object patch), so parameter names, state_dict keys and LoRA keys stay exactly as they
+are, and weights patched in place are seen by the compiled code.
+"""
+import threading
+import time
+import types
+
+import torch
+
+from . import log
+
+# Containers of repeated blocks, by architecture: FLUX, SD/SDXL UNet, other DiTs / transformers.
+REGION_CONTAINERS = ("double_blocks", "single_blocks", "input_blocks", "middle_block", "output_blocks",
+                     "blocks", "layers", "transformer_blocks", "joint_blocks")
+SCOPES = ["regional", "whole"]
+
+
+def find_regions(root, scope="regional"):
+    """[(path, module)] to compile. `path` is relative to `root` ('' = root itself)."""
+    if scope == "whole":
+        return [("", root)]
+    regions = []
+    for attr in REGION_CONTAINERS:
+        container = getattr(root, attr, None)
+        if isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)) and attr != "middle_block":
+            regions.extend((f"{attr}.{i}", block) for i, block in enumerate(container))
+        elif isinstance(container, torch.nn.Module):
+            regions.append((attr, container))
+    return regions or [("", root)]
+
+
+def _guard_failures():
+    return getattr(getattr(torch._dynamo, "utils", None), "guard_failures", None)
+
+
+def _is_interrupt(exc):
+    return "Interrupt" in type(exc).__name__
+
+
+class AcceleratedModel:
+    """The compiled state of one model: created by the node, compiled on first use, shared by its regions."""
+
+    def __init__(self, label, backend, options, scope="regional"):
+        self.label = label
+        self.backend = backend
+        self.options = options
+        self.scope = scope
+        self.failed = None            # the exception that sent this model back to eager
+        self.compiled = {}            # path -> compiled forward
+        self.first_call_s = {}        # path -> seconds of the first compiled call (includes compile)
+        self.recompiles = 0
+        self._seen_failures = {}      # code -> guard failures already logged
+        self._lock = threading.Lock()
+        self._regions = 0
+        self._started = None
+
+    # -- installation -------------------------------------------------------------------------------------------
+    def region_forwards(self, root):
+        """{path: forward} to install on `root`'s blocks; each compiles on its first call."""
+        regions = find_regions(root, self.scope)
+        self._regions = len(regions)
+        return {path: self._region_forward(path, module) for path, module in regions}
+
+    def _region_forward(self, path, module):
+        eager = types.MethodType(type(module).forward, module)   # the class's forward, never an installed one
+        accelerated = self
+
+        def forward(*args, **kwargs):
+            if accelerated.failed is not None:
+                return eager(*args, **kwargs)
+            fn = accelerated.compiled.get(path)
+            first = fn is None
+            if first:
+                fn = accelerated._compile(path, module)
+                if fn is None:
+                    return eager(*args, **kwargs)
+                t0 = time.perf_counter()
+            try:
+                out = fn(*args, **kwargs)
+            except Exception as e:
+                if _is_interrupt(e):
+                    raise
+                accelerated._fail(e, path)
+                return eager(*args, **kwargs)
+            if first:
+                accelerated._first_call_done(path, module, time.perf_counter() - t0)
+            accelerated._check_recompiles(module)
+            return out
+
+        forward.deepytorch_region = (self, path)
+        return forward
+
+    # -- compile, progress, failure -----------------------------------------------------------------------------
+    def _compile(self, path, module):
+        with self._lock:
+            if self._started is None:
+                self._started = time.perf_counter()
+                log.info("%s: compiling %d region(s) with backend '%s' (%s) on first use",
+                         self.label, self._regions, self.backend.name, self.options)
+            try:
+                fn = self.backend.compile(module, self.options)
+            except Exception as e:
+                self._fail(e, path)
+                return None
+            self.compiled[path] = fn
+            return fn
+
+    def _first_call_done(self, path, module, seconds):
+        self.first_call_s[path] = seconds
+        failures = _guard_failures()
+        code = type(module).forward.__code__
+        if failures is not None and code not in self._seen_failures:
+            self._seen_failures[code] = len(failures.get(code, ()))   # earlier ones belong to other models
+        if seconds > 0.5:
+            log.info("%s: region '%s' (%s) compiled in %.1f s", self.label, path or "<whole model>",
+                     type(module).__name__, seconds)
+        if len(self.first_call_s) == self._regions:
+            log.info("%s: all %d region(s) compiled, %.1f s since the first one", self.label, self._regions,
+                     time.perf_counter() - self._started)
+
+    def _check_recompiles(self, module):
+        failures = _guard_failures()
+        if failures is None:
+            return
+        code = type(module).forward.__code__
+        seen = self._seen_failures.get(code)
+        reasons = failures.get(code, ())
+        if seen is not None and len(reasons) > seen:
+            self._seen_failures[code] = len(reasons)
+            self.recompiles += 1
+            reason = str(reasons[-1]).strip().splitlines()
+            log.info("%s: recompiled %s: %s", self.label, type(module).__name__, reason[0] if reason else "unknown reason")
+
+    def _fail(self, exc, path):
+        if self.failed is None:
+            self.failed = exc
+            log.error("%s: backend '%s' failed in region '%s' (%s: %s); this model runs eager from now on",
+                      self.label, self.backend.name, path or "<whole model>", type(exc).__name__,
+                      str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+

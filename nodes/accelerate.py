@@ -1,0 +1,43 @@
+"""ComfyUI glue shared by the nodes: install an engine.AcceleratedModel on a ModelPatcher as object patches.
+
+Each compiled region is an object patch on `<block>.forward`: ComfyUI applies it when this patcher's model is
+loaded and removes it when another patcher (an eager branch of the same model) is loaded, so the input model and
+every other branch stay eager. The module tree is never changed, so LoRA keys and state_dict names stay intact, and
+every caller of the diffusion model (apply_model, its wrappers, or a sampler calling it directly) runs the
+compiled blocks.
+"""
+from ..engine import log
+from ..engine.backends import CompileOptions, select_backend
+from ..engine.regional import AcceleratedModel
+
+
+def remove_installed(patcher):
+    """Drop DeepyTorch regions a previous node put on this (cloned) patcher: applying twice = applying once."""
+    for key, value in list(patcher.object_patches.items()):
+        if getattr(value, "deepytorch_region", None) is not None:
+            del patcher.object_patches[key]
+
+
+def installed_model(patcher):
+    """The AcceleratedModel installed on this patcher, or None."""
+    for value in patcher.object_patches.values():
+        region = getattr(value, "deepytorch_region", None)
+        if region is not None:
+            return region[0]
+    return None
+
+
+def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic="auto", fullgraph=False,
+               scope="regional"):
+    """Compile `root_key` of `patcher`'s model (lazily, on first use). Returns the AcceleratedModel or None (eager)."""
+    remove_installed(patcher)
+    chosen = select_backend(backend, patcher.load_device, label)
+    if chosen.name == "eager":
+        log.info("%s: running eager (nothing compiled)", label)
+        return None
+    accelerated = AcceleratedModel(label, chosen, CompileOptions(mode=mode, dynamic=dynamic, fullgraph=fullgraph),
+                                   scope)
+    root = patcher.get_model_object(root_key)
+    for path, forward in accelerated.region_forwards(root).items():
+        patcher.add_object_patch(".".join(p for p in (root_key, path, "forward") if p), forward)
+    return accelerated

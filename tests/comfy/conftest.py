@@ -1,0 +1,41 @@
+"""Fixtures that boot the REAL ComfyUI once per pytest process (one checkout per process: see scripts/test-matrix)."""
+import logging
+import os
+
+import pytest
+
+from harness import locate
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    found = locate.checkouts()
+    if not found:
+        pytest.skip(locate.HOW_TO_GET)
+    name, path = found[-1]   # scripts/test-matrix sets COMFYUI_PATH per checkout; a bare pytest run takes the newest
+    from harness import tiny_models
+    from harness.comfy_boot import Comfy
+    c = Comfy(path, str(tmp_path_factory.mktemp("comfy")), extra_argv=os.environ.get("COMFYUI_ARGS", "").split())
+    c.name = name
+    c.paths = tiny_models.generate(c.models_dir)
+    return c
+
+
+@pytest.fixture
+def run(comfy):
+    return comfy.run
+
+
+@pytest.fixture
+def deepy_log(caplog):
+    """The package's log lines (logger 'deepytorch') as text."""
+    caplog.set_level(logging.INFO, logger="deepytorch")
+
+    class Log:
+        @property
+        def text(self):
+            return "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("deepytorch"))
+
+        def clear(self):
+            caplog.clear()
+    return Log()
