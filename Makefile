@@ -1,0 +1,42 @@
+# ComfyUI-DeepyTorch: `make test` sets everything up and runs the tests; `make demo` runs the FLUX example.
+PYTHON ?= python3
+CACHE_DIR ?= $(HOME)/.cache/comfyui-deepytorch
+VENV ?= $(CACHE_DIR)/venv
+PY := $(VENV)/bin/python
+COMFYUI_CACHE ?= $(CACHE_DIR)/comfyui
+# inductor's compiled kernels persist between runs (tests and demo compile the same tiny graphs)
+TORCHINDUCTOR_CACHE_DIR ?= $(CACHE_DIR)/inductor
+export COMFYUI_CACHE TORCHINDUCTOR_CACHE_DIR
+
+.PHONY: all setup comfyui test test-engine demo bench clean-venv
+all: test
+
+# Pinned ComfyUI commits (v0.3.6, v0.3.7, current) into $(COMFYUI_CACHE); COMFYUI_REPO may name a local clone.
+comfyui:
+	@scripts/get-comfyui || echo "WARNING: could not get ComfyUI (set COMFYUI_REPO to a local clone); ComfyUI tests will skip"
+
+# Python environment: torch pinned (never let pip resolve another), ComfyUI's requirements, test tools.
+setup: comfyui
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) scripts/comfy-requirements $(COMFYUI_CACHE) > $(VENV)/requirements.new
+	@if ! cmp -s $(VENV)/requirements.new $(VENV)/requirements.installed; then \
+	  echo "setup: installing torch==2.14.1 torchvision==0.29.1, ComfyUI's requirements and test tools into $(VENV)"; \
+	  $(PY) -m pip install -q --disable-pip-version-check -c tests/constraints.txt torch==2.14.1 torchvision==0.29.1 && \
+	  $(PY) -m pip install -q --disable-pip-version-check -c tests/constraints.txt -r $(VENV)/requirements.new && \
+	  mv $(VENV)/requirements.new $(VENV)/requirements.installed; \
+	else echo "setup: $(VENV) is up to date"; fi
+
+test: setup
+	$(PY) scripts/test-matrix
+
+test-engine: setup
+	$(PY) -m pytest -c tests/pytest.ini tests/engine -q
+
+demo: setup
+	$(PY) scripts/demo
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,132 @@
+import logging
+import types
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from comfyui_deepytorch.engine import backends, regional
+from comfyui_deepytorch.engine.backends import CompileOptions
+
+
+class Block(torch.nn.Module):
+    def __init__(self, width=16):
+        super().__init__()
+        self.lin = torch.nn.Linear(width, width)
+
+    def forward(self, x, transformer_options=None):
+        return torch.nn.functional.gelu(self.lin(x)) + x
+
+
+class FluxLike(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.img_in = torch.nn.Linear(16, 16)
+        self.double_blocks = torch.nn.ModuleList([Block() for _ in range(3)])
+        self.single_blocks = torch.nn.ModuleList([Block() for _ in range(2)])
+
+    def forward(self, x):
+        x = self.img_in(x)
+        for i, b in enumerate(list(self.double_blocks) + list(self.single_blocks)):
+            x = b(x, transformer_options={"block_index": i})
+        return x
+
+
+class UNetLike(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.input_blocks = torch.nn.ModuleList([Block(), Block()])
+        self.middle_block = torch.nn.Sequential(Block())
+        self.output_blocks = torch.nn.ModuleList([Block()])
+
+
+def install(model, accelerated):
+    for path, fn in accelerated.region_forwards(model).items():
+        setattr(model.get_submodule(path) if path else model, "forward", fn)
+
+
+def uninstall(model):
+    for m in model.modules():
+        m.__dict__.pop("forward", None)
+
+
+def test_find_regions_per_architecture():
+    assert [p for p, _ in regional.find_regions(FluxLike())] == [
+        "double_blocks.0", "double_blocks.1", "double_blocks.2", "single_blocks.0", "single_blocks.1"]
+    assert [p for p, _ in regional.find_regions(UNetLike())] == [
+        "input_blocks.0", "input_blocks.1", "middle_block", "output_blocks.0"]
+    assert [p for p, _ in regional.find_regions(FluxLike(), "whole")] == [""]
+    assert [p for p, _ in regional.find_regions(torch.nn.Linear(2, 2))] == [""]   # nothing repeated: whole
+
+
+@pytest.fixture
+def flux_like():
+    torch._dynamo.reset()   # each test counts its own graphs
+    torch.manual_seed(0)
+    return FluxLike().eval()
+
+
+def test_inductor_regions_match_eager_share_code_and_keep_keys(flux_like, caplog):
+    caplog.set_level(logging.INFO, logger="deepytorch")
+    x = torch.randn(2, 16)
+    keys = list(flux_like.state_dict())
+    with torch.inference_mode():
+        ref = flux_like(x)
+    acc = regional.AcceleratedModel("FluxLike", backends.get_backend("inductor", "cpu"), CompileOptions())
+    install(flux_like, acc)
+    counters.clear()
+    with torch.inference_mode():
+        out = flux_like(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1            # 5 identical blocks share one compiled graph
+    assert sorted(acc.compiled) == ["double_blocks.0", "double_blocks.1", "double_blocks.2", "single_blocks.0",
+                                    "single_blocks.1"]
+    assert list(flux_like.state_dict()) == keys               # no _orig_mod: LoRA keys intact
+    assert "DeepyTorch: FluxLike: all 5 region(s) compiled" in caplog.text
+
+    # weights changed in place (what ComfyUI's in-place LoRA patching does): new values, no recompile
+    counters.clear()
+    with torch.inference_mode():
+        flux_like.double_blocks[1].lin.weight.mul_(1.5)
+        out2 = flux_like(x)
+    assert counters["stats"]["unique_graphs"] == 0 and acc.recompiles == 0
+    uninstall(flux_like)
+    with torch.inference_mode():
+        torch.testing.assert_close(out2, flux_like(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(out2, ref)
+
+
+def test_failing_backend_falls_back_to_eager_for_the_whole_model(flux_like, caplog):
+    caplog.set_level(logging.INFO, logger="deepytorch")
+
+    class Broken(backends.EagerBackend):
+        name = "broken"
+
+        def compile(self, module, options):
+            def fail(*a, **k):
+                raise RuntimeError("kernel generation exploded")
+            return fail
+
+    x = torch.randn(2, 16)
+    with torch.inference_mode():
+        ref = flux_like(x)
+    acc = regional.AcceleratedModel("FluxLike", Broken(), CompileOptions())
+    install(flux_like, acc)
+    with torch.inference_mode():
+        out = flux_like(x)
+    assert torch.equal(out, ref)
+    assert isinstance(acc.failed, RuntimeError)
+    assert ("DeepyTorch: FluxLike: backend 'broken' failed in region 'double_blocks.0' (RuntimeError: kernel "
+            "generation exploded); this model runs eager from now on") in caplog.text
+    assert list(acc.compiled) == ["double_blocks.0"]          # no further compile attempts
+
+
+def test_dynamic_auto_recompiles_once_per_region_for_new_sizes(flux_like, caplog):
+    caplog.set_level(logging.INFO, logger="deepytorch")
+    acc = regional.AcceleratedModel("FluxLike", backends.get_backend("inductor", "cpu"), CompileOptions())
+    install(flux_like, acc)
+    with torch.inference_mode():
+        for rows in (2, 3, 5):
+            flux_like(torch.randn(rows, 16))
+    assert acc.recompiles == 1                                 # 3 -> dynamic; 5 reuses it
+    assert "DeepyTorch: FluxLike: recompiled Block: " in caplog.text
