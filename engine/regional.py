@@ -8,14 +8,17 @@ are, and weights patched in place are seen by the compiled code.
 import threading
 import time
 import types
+import weakref
 
 import torch
 
 from . import log
 
-# Containers of repeated blocks, by architecture: FLUX, SD/SDXL UNet, other DiTs / transformers.
-REGION_CONTAINERS = ("double_blocks", "single_blocks", "input_blocks", "middle_block", "output_blocks",
-                     "blocks", "layers", "transformer_blocks", "joint_blocks")
+# Containers of repeated blocks, by architecture: FLUX, other DiTs / transformers.
+REGION_CONTAINERS = ("double_blocks", "single_blocks", "blocks", "layers", "transformer_blocks", "joint_blocks")
+# SD/SDXL UNet: ComfyUI iterates the layers of each TimestepEmbedSequential itself (forward_timestep_embed) instead
+# of calling it, so the regions are those layers (ResBlock, SpatialTransformer, Downsample, Upsample).
+UNET_CONTAINERS = ("input_blocks", "middle_block", "output_blocks")
 SCOPES = ["regional", "whole"]
 
 
@@ -26,15 +29,41 @@ def find_regions(root, scope="regional"):
     regions = []
     for attr in REGION_CONTAINERS:
         container = getattr(root, attr, None)
-        if isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)) and attr != "middle_block":
+        if isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)):
             regions.extend((f"{attr}.{i}", block) for i, block in enumerate(container))
-        elif isinstance(container, torch.nn.Module):
-            regions.append((attr, container))
+    for attr in UNET_CONTAINERS:
+        container = getattr(root, attr, None)
+        if not isinstance(container, torch.nn.Module):
+            continue
+        blocks = [(attr, container)] if attr == "middle_block" else \
+            [(f"{attr}.{i}", b) for i, b in enumerate(container)]
+        for path, block in blocks:
+            # composite layers only: a lone conv is not worth a compiled region
+            regions.extend((f"{path}.{name}", layer) for name, layer in block.named_children()
+                           if any(True for _ in layer.children()))
     return regions or [("", root)]
+
+
+_live = []   # weak references to every AcceleratedModel, newest last (for diagnostics and tests)
+
+
+def latest(label=None):
+    """The most recently created AcceleratedModel still alive (optionally with this label), or None."""
+    for ref in reversed(_live):
+        acc = ref()
+        if acc is not None and (label is None or acc.label == label):
+            return acc
+    return None
 
 
 def _guard_failures():
     return getattr(getattr(torch._dynamo, "utils", None), "guard_failures", None)
+
+
+def _summary(exc, lines=2, limit=400):
+    """The first lines of an exception's message (dynamo puts the backend's own error on the second line)."""
+    text = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(text[:lines])[:limit]
 
 
 def _is_interrupt(exc):
@@ -53,10 +82,12 @@ class AcceleratedModel:
         self.compiled = {}            # path -> compiled forward
         self.first_call_s = {}        # path -> seconds of the first compiled call (includes compile)
         self.recompiles = 0
+        self.compiled_calls = 0       # calls that ran compiled code (proof the accelerated path ran)
         self._seen_failures = {}      # code -> guard failures already logged
         self._lock = threading.Lock()
         self._regions = 0
         self._started = None
+        _live[:] = [r for r in _live if r() is not None] + [weakref.ref(self)]
 
     # -- installation -------------------------------------------------------------------------------------------
     def region_forwards(self, root):
@@ -86,6 +117,7 @@ class AcceleratedModel:
                     raise
                 accelerated._fail(e, path)
                 return eager(*args, **kwargs)
+            accelerated.compiled_calls += 1
             if first:
                 accelerated._first_call_done(path, module, time.perf_counter() - t0)
             accelerated._check_recompiles(module)
@@ -139,6 +171,5 @@ class AcceleratedModel:
         if self.failed is None:
             self.failed = exc
             log.error("%s: backend '%s' failed in region '%s' (%s: %s); this model runs eager from now on",
-                      self.label, self.backend.name, path or "<whole model>", type(exc).__name__,
-                      str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+                      self.label, self.backend.name, path or "<whole model>", type(exc).__name__, _summary(exc))
 

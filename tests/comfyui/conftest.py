@@ -39,3 +39,14 @@ def deepy_log(caplog):
         def clear(self):
             caplog.clear()
     return Log()
+
+
+@pytest.fixture(scope="session")
+def server(comfy, tmp_path_factory):
+    """The real ComfyUI server (same checkout, same tiny models, this package + the test pack in custom_nodes)."""
+    from harness.server import ComfyServer
+    s = ComfyServer(comfy.comfy_dir, str(tmp_path_factory.mktemp("server")), comfy.models_dir,
+                    comfy.custom_nodes_dir)
+    s.start()
+    yield s
+    s.stop()

@@ -35,9 +35,10 @@ class FluxLike(torch.nn.Module):
 class UNetLike(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.input_blocks = torch.nn.ModuleList([Block(), Block()])
-        self.middle_block = torch.nn.Sequential(Block())
-        self.output_blocks = torch.nn.ModuleList([Block()])
+        self.input_blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)),
+                                                 torch.nn.Sequential(Block(), Block())])
+        self.middle_block = torch.nn.Sequential(Block(), torch.nn.Linear(2, 2), Block())
+        self.output_blocks = torch.nn.ModuleList([torch.nn.Sequential(Block())])
 
 
 def install(model, accelerated):
@@ -53,8 +54,9 @@ def uninstall(model):
 def test_find_regions_per_architecture():
     assert [p for p, _ in regional.find_regions(FluxLike())] == [
         "double_blocks.0", "double_blocks.1", "double_blocks.2", "single_blocks.0", "single_blocks.1"]
+    # UNet: the composite layers inside each block (ComfyUI iterates the blocks' layers itself)
     assert [p for p, _ in regional.find_regions(UNetLike())] == [
-        "input_blocks.0", "input_blocks.1", "middle_block", "output_blocks.0"]
+        "input_blocks.1.0", "input_blocks.1.1", "middle_block.0", "middle_block.2", "output_blocks.0.0"]
     assert [p for p, _ in regional.find_regions(FluxLike(), "whole")] == [""]
     assert [p for p, _ in regional.find_regions(torch.nn.Linear(2, 2))] == [""]   # nothing repeated: whole
 

@@ -115,6 +115,9 @@ class Comfy:
         package_init = os.path.join(self.custom_nodes_dir, PACKAGE_DIR_NAME, "__init__.py")
         self.package = next(m for m in list(sys.modules.values())
                             if getattr(m, "__file__", None) == package_init)
+        testpack_init = os.path.join(self.custom_nodes_dir, "deepytorch_testpack", "__init__.py")
+        self.sys_testpack = next(m for m in list(sys.modules.values())
+                                 if getattr(m, "__file__", None) == testpack_init)
         logging.getLogger("deepytorch").setLevel(logging.INFO)
 
     # -- prompts ------------------------------------------------------------------------------------------------

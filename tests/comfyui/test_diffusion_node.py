@@ -1,0 +1,147 @@
+"""#3 "Apply DeepyTorch to diffusion model" through ComfyUI's real loaders, ModelPatcher, KSampler and executor."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from harness import workflows as wf
+from harness.tiny_models import NAMES
+
+TOL = 1   # 1/255: float32 CPU, compiled vs eager
+
+
+@pytest.fixture
+def regional(comfy):
+    return comfy.package.engine.regional
+
+
+def graphs():
+    return counters["stats"]["unique_graphs"]
+
+
+def test_flux_inductor_matches_eager_and_eager_backend_is_identical(comfy, run, regional, deepy_log):
+    eager = comfy.image(run(wf.flux_t2i(prefix="d_eager")), "11")
+    compiled = comfy.image(run(wf.flux_t2i(prefix="d_ind", accel=wf.accel_inputs("inductor"))), "11")
+    acc = regional.latest("Flux")
+    assert acc.backend.name == "inductor" and acc.failed is None
+    assert sorted(acc.compiled) == ["double_blocks.0", "double_blocks.1", "single_blocks.0", "single_blocks.1"]
+    assert acc.compiled_calls == 2 * 4          # 2 steps x 4 blocks ran compiled code
+    assert np.abs(eager - compiled).max() <= TOL
+    same = comfy.image(run(wf.flux_t2i(prefix="d_eb", accel=wf.accel_inputs("eager"))), "11")
+    assert np.array_equal(eager, same)
+    assert "DeepyTorch: Flux: running eager (nothing compiled)" in deepy_log.text
+
+
+def test_sdxl_inductor_matches_eager(comfy, run, regional):
+    eager = comfy.image(run(wf.sdxl_t2i(prefix="d_sx_e")), "11")
+    compiled = comfy.image(run(wf.sdxl_t2i(prefix="d_sx_c", accel=wf.accel_inputs("inductor"))), "11")
+    acc = regional.latest("SDXL")
+    assert acc.failed is None and acc.compiled_calls > 0
+    assert np.abs(eager - compiled).max() <= TOL
+
+
+def test_keys_stay_intact_while_compiled_model_is_loaded(comfy, run):
+    import comfy.model_management as mm
+    run(wf.flux_t2i(prefix="d_keys", accel=wf.accel_inputs("inductor")))
+    loaded = [m.model for m in mm.current_loaded_models if type(m.model.model).__name__ == "Flux"]
+    assert loaded, "the FLUX model should still be loaded after sampling"
+    keys = list(loaded[0].model.state_dict())
+    assert keys and not any("_orig_mod" in k for k in keys)
+
+
+@pytest.mark.parametrize("order", ["lora_then_node", "node_then_lora"])
+def test_lora_with_node_matches_eager_and_strength_change_does_not_recompile(comfy, run, regional, order):
+    before = order == "node_then_lora"
+    ref = {s: comfy.image(run(wf.flux_t2i(prefix=f"d_le{s}", lora=NAMES["flux_lora"], strength=s)), "11")
+           for s in (1.0, 0.4)}
+    assert np.abs(ref[1.0] - ref[0.4]).max() > 10             # the strength matters
+    run(wf.flux_t2i(prefix="d_warm", lora=NAMES["flux_lora"], strength=1.0, accel=wf.accel_inputs(),
+                    accel_before_lora=before), fresh=False)
+    counters.clear()
+    for s in (1.0, 0.4):
+        img = comfy.image(run(wf.flux_t2i(prefix=f"d_lc{s}", lora=NAMES["flux_lora"], strength=s,
+                                          accel=wf.accel_inputs(), accel_before_lora=before), fresh=False), "11")
+        assert np.abs(img - ref[s]).max() <= TOL, f"strength {s}"
+        assert regional.latest("Flux").compiled_calls > 0
+    assert graphs() == 0, "a LoRA strength change must not recompile"
+
+
+def test_failing_backend_completes_with_eager_result_and_logs_why(comfy, run, deepy_log):
+    failing = comfy.sys_testpack.test_backends
+    eager = comfy.image(run(wf.flux_t2i(prefix="d_fe", seed=7)), "11")
+    img = comfy.image(run(wf.flux_t2i(prefix="d_ff", seed=7, accel=wf.accel_inputs(failing.FAILING))), "11")
+    assert np.array_equal(img, eager)
+    assert (f"DeepyTorch: Flux: backend '{failing.FAILING}' failed in region 'double_blocks.0' (BackendCompilerFailed:"
+            in deepy_log.text)
+    assert failing.FAILURE_MESSAGE in deepy_log.text
+    assert "this model runs eager from now on" in deepy_log.text
+
+
+def test_auto_picks_inductor_and_says_why_not_deepgpu(comfy, run, regional, deepy_log):
+    run(wf.flux_t2i(prefix="d_auto", accel=wf.accel_inputs("auto")))
+    assert regional.latest("Flux").backend.name == "inductor"
+    assert ("DeepyTorch: Flux: auto chose backend 'inductor' (torch " in deepy_log.text)
+    assert "skipped: deepgpu: deepgpu-torch is not installed" in deepy_log.text
+
+
+def test_deepgpu_adapter_receives_blocks_and_sets_env(comfy, run, monkeypatch):
+    doubles = os.path.join(os.path.dirname(os.path.dirname(__file__)), "doubles")
+    monkeypatch.syspath_prepend(doubles)
+    monkeypatch.delitem(sys.modules, "deepytorch", raising=False)
+    for key in ("DEEPGPU_PUB_LS", "DEEPGPU_ENABLE_FLUX_LORA"):
+        monkeypatch.delenv(key, raising=False)
+    import deepytorch   # the labelled test double (tests/doubles), NOT Alibaba's package
+    try:
+        eager = comfy.image(run(wf.flux_t2i(prefix="d_dge", seed=3)), "11")
+        img = comfy.image(run(wf.flux_t2i(prefix="d_dg", seed=3, accel=wf.accel_inputs("auto"))), "11")
+        received = [type(m).__name__ for m, _, _ in deepytorch.received]
+        assert received == ["DoubleStreamBlock", "DoubleStreamBlock", "SingleStreamBlock", "SingleStreamBlock"]
+        assert deepytorch.received[0][2] == {"DEEPGPU_PUB_LS": "true", "DEEPGPU_ENABLE_FLUX_LORA": "true"}
+        assert np.array_equal(img, eager)     # the double runs the blocks' own forward
+    finally:
+        sys.modules.pop("deepytorch", None)
+
+
+def test_two_resolutions_at_most_one_recompile_per_region(comfy, run, regional):
+    for size in (64, 96):
+        run(wf.flux_t2i(prefix=f"d_res{size}", width=size, height=size, accel=wf.accel_inputs()), fresh=False)
+    acc = regional.latest("Flux")
+    assert acc.failed is None
+    assert acc.recompiles <= len(acc.compiled)
+    counters.clear()
+    run(wf.flux_t2i(prefix="d_res80", width=80, height=80, accel=wf.accel_inputs()), fresh=False)
+    assert graphs() == 0, "a third size must reuse the dynamic graphs"
+
+
+def test_applied_twice_is_applied_once_and_eager_branch_stays_eager(comfy, run, regional):
+    eager = comfy.image(run(wf.flux_t2i(prefix="d_twice_e", seed=2)), "11")
+    p = wf.flux_t2i(prefix="d_twice", seed=2, accel=wf.accel_inputs())
+    p["22"] = {"class_type": wf.ACCEL_NODE, "inputs": {"model": ["21", 0], **wf.accel_inputs()}}
+    p["9"]["inputs"]["model"] = ["22", 0]
+    # an eager branch from the same loader in the same graph
+    p["30"] = dict(p["9"], inputs=dict(p["9"]["inputs"], model=["1", 0]))
+    p["31"] = {"class_type": "VAEDecode", "inputs": {"samples": ["30", 0], "vae": ["3", 0]}}
+    p["32"] = {"class_type": "SaveImage", "inputs": {"images": ["31", 0], "filename_prefix": "d_twice_plain"}}
+    out = run(p)
+    acc = regional.latest("Flux")
+    assert len(acc.compiled) == 4 and acc.compiled_calls == 2 * 4   # one set of regions, one branch compiled
+    assert np.abs(comfy.image(out, "11") - eager).max() <= TOL
+    assert np.array_equal(comfy.image(out, "32"), eager)         # the plain branch ran ComfyUI's own forward
+    # and again, with ComfyUI's cache (only the samplers re-run): no error, still correct
+    p["9"]["inputs"]["seed"] = p["30"]["inputs"]["seed"] = 3
+    again = comfy.image(run(wf.flux_t2i(prefix="d_twice_e3", seed=3)), "11")
+    out = run(p, fresh=False)
+    assert np.abs(comfy.image(out, "11") - again).max() <= TOL
+    assert np.array_equal(comfy.image(out, "32"), again)
+
+
+def test_bypassed_node_runs_eager(comfy, run, regional):
+    eager = comfy.image(run(wf.flux_t2i(prefix="d_byp_e", seed=4)), "11")
+    p = wf.flux_t2i(prefix="d_byp", seed=4)    # the same graph with the node removed = what bypass sends
+    acc_before = regional.latest("Flux")
+    img = comfy.image(run(p), "11")
+    assert np.array_equal(img, eager)
+    assert regional.latest("Flux") is acc_before
