@@ -22,6 +22,7 @@ LOADERS = {
     "load_state_dict_guess_config": lambda out: out[0] if out else None,    # CheckpointLoaderSimple
 }
 _originals = {}   # name -> the function we wrapped
+_wrappers = {}    # name -> our wrapper (compared by identity: functools.wraps copies attributes onto others' wrappers)
 
 
 def enabled_by_env():
@@ -62,7 +63,8 @@ def patch():
         if original is None:
             continue
         _originals[name] = original
-        setattr(comfy.sd, name, _wrap(name, original, get_patcher))
+        _wrappers[name] = _wrap(name, original, get_patcher)
+        setattr(comfy.sd, name, _wrappers[name])
     log.info("DeepyTorch: in-place weight update enabled for diffusion models from comfy.sd.%s",
              ", comfy.sd.".join(_originals))
     return list(_originals)
@@ -74,12 +76,12 @@ def unpatch():
         return
     import comfy.sd
     for name, original in _originals.items():
-        current = getattr(comfy.sd, name)
-        if getattr(current, "deepytorch_inplace_original", None) is original:
+        if getattr(comfy.sd, name) is _wrappers[name]:
             setattr(comfy.sd, name, original)
         else:   # someone wrapped our wrapper since: restoring would drop theirs
             log.warning("DeepyTorch: comfy.sd.%s was wrapped again after our patch; left as it is", name)
     _originals.clear()
+    _wrappers.clear()
 
 
 def is_patched():

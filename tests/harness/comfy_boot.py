@@ -95,8 +95,8 @@ class Comfy:
         if "init_api_nodes" in inspect.signature(nodes.init_extra_nodes).parameters:
             extra["init_api_nodes"] = False
         _run(nodes.init_extra_nodes(init_custom_nodes=False, **extra))
-        # this package and the test pack (tiny-model shim), loaded by ComfyUI's own custom-node loader
-        for name, target in ((PACKAGE_DIR_NAME, REPO_ROOT), ("deepytorch_testpack", TESTPACK)):
+        # the test pack (tiny-model shim) and this package, loaded by ComfyUI's own custom-node loader
+        for name, target in (("deepytorch_testpack", TESTPACK), (PACKAGE_DIR_NAME, REPO_ROOT)):
             link = os.path.join(self.custom_nodes_dir, name)
             if not os.path.exists(link):
                 os.symlink(target, link)
