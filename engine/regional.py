@@ -90,9 +90,9 @@ class AcceleratedModel:
         _live[:] = [r for r in _live if r() is not None] + [weakref.ref(self)]
 
     # -- installation -------------------------------------------------------------------------------------------
-    def region_forwards(self, root):
-        """{path: forward} to install on `root`'s blocks; each compiles on its first call."""
-        regions = find_regions(root, self.scope)
+    def region_forwards(self, root, parts=None):
+        """{path: forward} to install on `root`'s blocks (or on the named `parts`); each compiles on first call."""
+        regions = [(p, root.get_submodule(p)) for p in parts] if parts else find_regions(root, self.scope)
         self._regions = len(regions)
         return {path: self._region_forward(path, module) for path, module in regions}
 

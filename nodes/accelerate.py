@@ -28,8 +28,9 @@ def installed_model(patcher):
 
 
 def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic="auto", fullgraph=False,
-               scope="regional"):
-    """Compile `root_key` of `patcher`'s model (lazily, on first use). Returns the AcceleratedModel or None (eager)."""
+               scope="regional", parts=None):
+    """Compile `root_key` of `patcher`'s model (lazily, on first use): its repeated blocks (scope 'regional'), all of
+    it ('whole'), or the named sub-modules `parts`. Returns the AcceleratedModel, or None when running eager."""
     remove_installed(patcher)
     chosen = select_backend(backend, patcher.load_device, label)
     if chosen.name == "eager":
@@ -37,7 +38,7 @@ def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic
         return None
     accelerated = AcceleratedModel(label, chosen, CompileOptions(mode=mode, dynamic=dynamic, fullgraph=fullgraph),
                                    scope)
-    root = patcher.get_model_object(root_key)
-    for path, forward in accelerated.region_forwards(root).items():
+    root = patcher.get_model_object(root_key) if root_key else patcher.model
+    for path, forward in accelerated.region_forwards(root, parts).items():
         patcher.add_object_patch(".".join(p for p in (root_key, path, "forward") if p), forward)
     return accelerated

@@ -64,3 +64,55 @@ def sdxl_t2i(seed=0, steps=2, width=64, height=64, lora=None, strength=1.0, acce
                                                    "latent_image": ["7", 0], "seed": seed, "steps": steps, "cfg": 5.0,
                                                    "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}}
     return p
+
+
+VAE_NODE = "DeepyTorchApplyVAE"
+
+
+def vae_inputs(backend="inductor", mode="default", dynamic="auto", parts="both"):
+    return {"backend": backend, "mode": mode, "dynamic": dynamic, "parts": parts}
+
+
+def save_latent(input_dir, name, tensor):
+    """A fixed latent for LoadLatent (<input>/<name>.latent), as ComfyUI's SaveLatent writes it."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+    save_file({"latent_tensor": tensor.contiguous(), "latent_format_version_0": torch.tensor([])},
+              os.path.join(input_dir, name + ".latent"))
+    return name + ".latent"
+
+
+def vae_loader(kind):
+    if kind == "flux":
+        return {"class_type": "VAELoader", "inputs": {"vae_name": NAMES["flux_vae"]}}, ["1", 0]
+    return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": NAMES["sdxl"]}}, ["1", 2]
+
+
+def vae_decode(kind, latent, accel=None, tiled=None, prefix="vae"):
+    """Loader -> [Apply DeepyTorch to vae model] -> VAEDecode(LoadLatent) -> SaveImage.
+    `tiled`: None, or the inputs of VAEDecodeTiled beyond samples/vae."""
+    loader, vae = vae_loader(kind)
+    p = {"1": loader, "2": {"class_type": "LoadLatent", "inputs": {"latent": latent}}}
+    if accel is not None:
+        p["3"] = {"class_type": VAE_NODE, "inputs": {"vae": vae, **accel}}
+        vae = ["3", 0]
+    decode = {"class_type": "VAEDecodeTiled", "inputs": dict(tiled)} if tiled else \
+        {"class_type": "VAEDecode", "inputs": {}}
+    decode["inputs"].update(samples=["2", 0], vae=vae)
+    p["4"] = decode
+    p["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": prefix}}
+    return p
+
+
+def vae_encode(kind, image, accel=None, prefix="enc"):
+    """Loader -> [Apply DeepyTorch to vae model] -> VAEEncode(LoadImage) -> SaveLatent."""
+    loader, vae = vae_loader(kind)
+    p = {"1": loader, "2": {"class_type": "LoadImage", "inputs": {"image": image}}}
+    if accel is not None:
+        p["3"] = {"class_type": VAE_NODE, "inputs": {"vae": vae, **accel}}
+        vae = ["3", 0]
+    p["4"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": vae}}
+    p["5"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": prefix}}
+    return p
