@@ -73,8 +73,10 @@ def _is_interrupt(exc):
 class AcceleratedModel:
     """The compiled state of one model: created by the node, compiled on first use, shared by its regions."""
 
-    def __init__(self, label, backend, options, scope="regional"):
+    def __init__(self, label, backend, options, scope="regional", call_context=None):
         self.label = label
+        self.call_context = call_context   # optional context manager factory entered around every region call
+        self.on_compiled = None            # optional callback once every region ran compiled
         self.backend = backend
         self.options = options
         self.scope = scope
@@ -101,6 +103,12 @@ class AcceleratedModel:
         accelerated = self
 
         def forward(*args, **kwargs):
+            if accelerated.call_context is None:
+                return run(*args, **kwargs)
+            with accelerated.call_context():
+                return run(*args, **kwargs)
+
+        def run(*args, **kwargs):
             if accelerated.failed is not None:
                 return eager(*args, **kwargs)
             fn = accelerated.compiled.get(path)
@@ -153,6 +161,8 @@ class AcceleratedModel:
         if len(self.first_call_s) == self._regions:
             log.info("%s: all %d region(s) compiled, %.1f s since the first one", self.label, self._regions,
                      time.perf_counter() - self._started)
+            if self.on_compiled is not None:
+                self.on_compiled()
 
     def _check_recompiles(self, module):
         failures = _guard_failures()

@@ -6,9 +6,17 @@ every other branch stay eager. The module tree is never changed, so LoRA keys an
 every caller of the diffusion model (apply_model, its wrappers, or a sampler calling it directly) runs the
 compiled blocks.
 """
-from ..engine import log
+import os
+
+from ..engine import compile_cache, log
 from ..engine.backends import CompileOptions, select_backend
 from ..engine.regional import AcceleratedModel
+
+
+def default_cache_dir():
+    """Inside ComfyUI's models dir, so it can live on NAS/OSS with the models (DEEPYTORCH_CACHE_DIR overrides)."""
+    import folder_paths
+    return os.path.join(folder_paths.models_dir, "deepytorch-compile-cache")
 
 
 def remove_installed(patcher):
@@ -28,7 +36,7 @@ def installed_model(patcher):
 
 
 def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic="auto", fullgraph=False,
-               scope="regional", parts=None):
+               scope="regional", parts=None, call_context=None):
     """Compile `root_key` of `patcher`'s model (lazily, on first use): its repeated blocks (scope 'regional'), all of
     it ('whole'), or the named sub-modules `parts`. Returns the AcceleratedModel, or None when running eager."""
     remove_installed(patcher)
@@ -36,8 +44,10 @@ def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic
     if chosen.name == "eager":
         log.info("%s: running eager (nothing compiled)", label)
         return None
+    compile_cache.configure(default_cache_dir())
     accelerated = AcceleratedModel(label, chosen, CompileOptions(mode=mode, dynamic=dynamic, fullgraph=fullgraph),
-                                   scope)
+                                   scope, call_context)
+    accelerated.on_compiled = compile_cache.save_artifacts
     root = patcher.get_model_object(root_key) if root_key else patcher.model
     for path, forward in accelerated.region_forwards(root, parts).items():
         patcher.add_object_patch(".".join(p for p in (root_key, path, "forward") if p), forward)

@@ -1,4 +1,6 @@
+from ..engine import log
 from ..engine.regional import SCOPES
+from . import attention as attention_choice
 from .accelerate import accelerate
 from .common import CATEGORY, compile_inputs
 
@@ -17,6 +19,10 @@ class ApplyDeepyTorchDiffusionModel:
                       "compile the whole diffusion model as one graph."}),
             "fullgraph": ("BOOLEAN", {"default": False, "tooltip":
                           "Require one graph per compiled region (errors instead of graph breaks)."}),
+            "attention": (attention_choice.ATTENTION_CHOICES, {"default": "auto", "tooltip":
+                          "auto: PyTorch SDPA where ComfyUI would use its slower sub-quadratic/split attention "
+                          "(e.g. on CPU), else ComfyUI's choice. comfy: never change it. sdpa: always SDPA. "
+                          "Applies to this model only."}),
         }}
 
     RETURN_TYPES = ("MODEL",)
@@ -25,8 +31,16 @@ class ApplyDeepyTorchDiffusionModel:
     DESCRIPTION = ("Compiles the diffusion model with the best backend available (DeepGPU, torch.compile, eager) on "
                    "first use. LoRA-safe: weights are updated in place.")
 
-    def apply(self, model, backend, mode, dynamic, scope, fullgraph):
+    def apply(self, model, backend, mode, dynamic, scope, fullgraph, attention="auto"):
         m = model.clone()
         m.weight_inplace_update = True   # compiled code keeps its weight tensors: LoRA must patch them in place
-        accelerate(m, "diffusion_model", type(m.model).__name__, backend, mode, dynamic, fullgraph, scope)
+        label = type(m.model).__name__
+        accelerated = accelerate(m, "diffusion_model", label, backend, mode, dynamic, fullgraph, scope)
+        if accelerated is not None or attention == "sdpa":   # eager + auto: the model stays exactly ComfyUI's
+            how, call_context = attention_choice.configure(m, attention)
+            if accelerated is not None:
+                accelerated.call_context = call_context
+            elif call_context is not None:
+                how = "ComfyUI's choice (this ComfyUI can switch attention only inside compiled regions)"
+            log.info("%s: attention: %s", label, how)
         return (m,)

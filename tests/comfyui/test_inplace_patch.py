@@ -132,5 +132,5 @@ def test_node_sets_the_flag_even_when_the_global_patch_is_off(comfy, inplace):
     inplace.unpatch()
     base = load("flux")
     node = nodes.NODE_CLASS_MAPPINGS["DeepyTorchApplyDiffusionModel"]()
-    accelerated = node.apply(base, "eager", "default", "auto", "regional", False)[0]
+    accelerated = node.apply(base, "eager", "default", "auto", "regional", False, "auto")[0]
     assert base.weight_inplace_update is False and accelerated.weight_inplace_update is True

@@ -11,7 +11,7 @@ def test_object_info_lists_deepytorch_nodes(server):
     assert node["category"] == "DeepyTorch"
     assert node["python_module"].startswith("custom_nodes.")
     required = node["input"]["required"]
-    assert list(required) == ["model", "backend", "mode", "dynamic", "scope", "fullgraph"]
+    assert list(required) == ["model", "backend", "mode", "dynamic", "scope", "fullgraph", "attention"]
     assert all(spec[1].get("tooltip") for spec in required.values())
 
 

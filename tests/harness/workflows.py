@@ -4,8 +4,10 @@ from .tiny_models import NAMES
 ACCEL_NODE = "DeepyTorchApplyDiffusionModel"
 
 
-def accel_inputs(backend="inductor", mode="default", dynamic="auto", scope="regional", fullgraph=False, **extra):
-    return {"backend": backend, "mode": mode, "dynamic": dynamic, "scope": scope, "fullgraph": fullgraph, **extra}
+def accel_inputs(backend="inductor", mode="default", dynamic="auto", scope="regional", fullgraph=False,
+                 attention="auto"):
+    return {"backend": backend, "mode": mode, "dynamic": dynamic, "scope": scope, "fullgraph": fullgraph,
+            "attention": attention}
 
 
 def flux_t2i(seed=0, steps=2, width=64, height=64, lora=None, strength=1.0, accel=None, accel_before_lora=False,

@@ -1,0 +1,81 @@
+"""Per-model attention choice for the diffusion node.
+
+ComfyUI uses PyTorch SDPA only on some GPUs; elsewhere it falls back to sub-quadratic or split attention, which is
+slower and breaks dynamo graphs (it queries free memory). `auto` swaps those for SDPA, for THIS model only:
+- where ComfyUI has `transformer_options["optimized_attention_override"]` (feature-detected), through it;
+- otherwise (v0.3.6 / v0.3.7), by rebinding ComfyUI's `optimized_attention*` names only while one of this
+  model's compiled regions runs (engine.regional's call context), and restoring them right after, so an eager
+  branch of the same graph keeps ComfyUI's own attention.
+"""
+import contextlib
+import inspect
+import sys
+
+ATTENTION_CHOICES = ["auto", "comfy", "sdpa"]
+_NAMES = ("optimized_attention", "optimized_attention_masked")
+
+
+def _attention():
+    import comfy.ldm.modules.attention as attention
+    return attention
+
+
+def has_override():
+    wrap = getattr(_attention(), "wrap_attn", None)
+    if wrap is None:
+        return False
+    try:
+        return "optimized_attention_override" in inspect.getsource(wrap)
+    except (OSError, TypeError):
+        return False
+
+
+def comfy_uses_slow_attention():
+    a = _attention()
+    slow = {getattr(a, n, None) for n in ("attention_sub_quad", "attention_split", "attention_basic")} - {None}
+    return a.optimized_attention in slow
+
+
+def sdpa_override(func, *args, **kwargs):
+    """transformer_options['optimized_attention_override']: run PyTorch SDPA instead of ComfyUI's choice."""
+    return _attention().attention_pytorch(*args, **kwargs)
+
+
+def _rebind_targets():
+    """(module, name) pairs of ComfyUI modules that bound a slow attention function at import time."""
+    a = _attention()
+    slow_to_sdpa = {a.optimized_attention: a.attention_pytorch}
+    if getattr(a, "optimized_attention_masked", None) is not None:
+        slow_to_sdpa[a.optimized_attention_masked] = a.attention_pytorch
+    targets = []
+    for mod_name, module in list(sys.modules.items()):
+        if module is None or not mod_name.startswith("comfy.ldm"):
+            continue
+        for name in _NAMES:
+            current = getattr(module, name, None)
+            if current in slow_to_sdpa:
+                targets.append((module, name, current, slow_to_sdpa[current]))
+    return targets
+
+
+def configure(patcher, choice):
+    """Apply the attention choice to this patcher. Returns (description, call_context or None)."""
+    if choice == "comfy" or not hasattr(_attention(), "attention_pytorch"):
+        return "ComfyUI's choice", None
+    if choice == "auto" and not comfy_uses_slow_attention():
+        return f"ComfyUI's choice ({_attention().optimized_attention.__name__}, already fast)", None
+    if has_override():
+        patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = sdpa_override
+        return "PyTorch SDPA (per-model override)", None
+    targets = _rebind_targets()
+
+    @contextlib.contextmanager
+    def sdpa_while_running():
+        for module, name, _, sdpa in targets:
+            setattr(module, name, sdpa)
+        try:
+            yield
+        finally:
+            for module, name, original, _ in targets:
+                setattr(module, name, original)
+    return "PyTorch SDPA (rebound while this model's regions run)", sdpa_while_running
