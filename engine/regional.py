@@ -56,6 +56,13 @@ def latest(label=None):
     return None
 
 
+def _graphs_compiled():
+    try:
+        return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    except Exception:  # pragma: no cover - torch internals moved
+        return 0
+
+
 def _guard_failures():
     return getattr(getattr(torch._dynamo, "utils", None), "guard_failures", None)
 
@@ -139,6 +146,7 @@ class AcceleratedModel:
         with self._lock:
             if self._started is None:
                 self._started = time.perf_counter()
+                self._graphs_at_start = _graphs_compiled()
                 log.info("%s: compiling %d region(s) with backend '%s' (%s) on first use",
                          self.label, self._regions, self.backend.name, self.options)
             try:
@@ -161,8 +169,8 @@ class AcceleratedModel:
         if len(self.first_call_s) == self._regions:
             log.info("%s: all %d region(s) compiled, %.1f s since the first one", self.label, self._regions,
                      time.perf_counter() - self._started)
-            if self.on_compiled is not None:
-                self.on_compiled()
+            if self.on_compiled is not None and _graphs_compiled() > self._graphs_at_start:
+                self.on_compiled()   # only when something new was compiled
 
     def _check_recompiles(self, module):
         failures = _guard_failures()
