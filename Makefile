@@ -4,16 +4,19 @@ CACHE_DIR ?= $(HOME)/.cache/comfyui-deepytorch
 VENV ?= $(CACHE_DIR)/venv
 PY := $(VENV)/bin/python
 COMFYUI_CACHE ?= $(CACHE_DIR)/comfyui
+XFLUX_DIR ?= $(CACHE_DIR)/custom_nodes/x-flux-comfyui
 # inductor's compiled kernels persist between runs (tests and demo compile the same tiny graphs)
 TORCHINDUCTOR_CACHE_DIR ?= $(CACHE_DIR)/inductor
-export COMFYUI_CACHE TORCHINDUCTOR_CACHE_DIR
+export COMFYUI_CACHE XFLUX_DIR TORCHINDUCTOR_CACHE_DIR
 
 .PHONY: all setup comfyui test test-engine demo bench clean-venv
 all: test
 
 # Pinned ComfyUI commits (v0.3.6, v0.3.7, current) into $(COMFYUI_CACHE); COMFYUI_REPO may name a local clone.
+# Pinned x-flux-comfyui (XlabsSampler, for parity tests) into $(XFLUX_DIR); XFLUX_REPO may name a local clone.
 comfyui:
 	@scripts/get-comfyui || echo "WARNING: could not get ComfyUI (set COMFYUI_REPO to a local clone); ComfyUI tests will skip"
+	@scripts/get-xflux || echo "WARNING: could not get x-flux-comfyui (set XFLUX_REPO to a local clone); XlabsSampler parity tests will skip"
 
 # Python environment: torch pinned (never let pip resolve another), ComfyUI's requirements, test tools.
 setup: comfyui

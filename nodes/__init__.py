@@ -1,12 +1,15 @@
 from .diffusion import ApplyDeepyTorchDiffusionModel
 from .vae import ApplyDeepyTorchVAE
+from .sampler import DeepTorchXlabsSampler
 
 # Node ids are saved in users' workflows: never rename them.
 NODE_CLASS_MAPPINGS = {
     "DeepyTorchApplyDiffusionModel": ApplyDeepyTorchDiffusionModel,
     "DeepyTorchApplyVAE": ApplyDeepyTorchVAE,
+    "DeepTorchXlabsSampler": DeepTorchXlabsSampler,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DeepyTorchApplyDiffusionModel": "Apply DeepyTorch to diffusion model",
     "DeepyTorchApplyVAE": "Apply DeepyTorch to vae model",
+    "DeepTorchXlabsSampler": "DeepTorch Sampler to replace XlabsSampler",
 }
