@@ -13,6 +13,8 @@ def comfy(tmp_path_factory):
     if not found:
         pytest.skip(locate.HOW_TO_GET)
     name, path = found[-1]   # scripts/test-matrix sets COMFYUI_PATH per checkout; a bare pytest run takes the newest
+    # never write the compile cache into the (shared, read-only by convention) ComfyUI checkouts
+    os.environ.setdefault("DEEPYTORCH_CACHE_DIR", os.path.join(os.path.dirname(locate.CACHE), "compile-cache"))
     from harness import tiny_models
     from harness.comfy_boot import Comfy
     c = Comfy(path, str(tmp_path_factory.mktemp("comfy")), extra_argv=os.environ.get("COMFYUI_ARGS", "").split())
