@@ -9,7 +9,7 @@ XFLUX_DIR ?= $(CACHE_DIR)/custom_nodes/x-flux-comfyui
 TORCHINDUCTOR_CACHE_DIR ?= $(CACHE_DIR)/inductor
 export COMFYUI_CACHE XFLUX_DIR TORCHINDUCTOR_CACHE_DIR
 
-.PHONY: all setup comfyui test test-engine demo bench clean-venv
+.PHONY: all setup comfyui browser test test-engine demo bench clean-venv
 all: test
 
 # Pinned ComfyUI commits (v0.3.6, v0.3.7, current) into $(COMFYUI_CACHE); COMFYUI_REPO may name a local clone.
@@ -29,7 +29,13 @@ setup: comfyui
 	  mv $(VENV)/requirements.new $(VENV)/requirements.installed; \
 	else echo "setup: $(VENV) is up to date"; fi
 
-test: setup
+# Headless Chromium from the distribution's packages for the browser test (tests/comfyui/test_browser.py); where it
+# cannot be installed (not root, no apt) that test skips and says how to install it.
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+	  || echo "WARNING: could not install chromium (apt-get install -y chromium chromium-driver); the browser test will skip"
+
+test: setup browser
 	$(PY) scripts/test-matrix
 
 test-engine: setup

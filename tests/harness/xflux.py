@@ -1,0 +1,55 @@
+"""A real ComfyUI server with XLabs' x-flux-comfyui loaded beside this package and the test pack (scripts/get-xflux
+puts x-flux-comfyui in XFLUX_DIR). x-flux-comfyui creates models/xlabs/ inside the ComfyUI it runs in and its
+"Load Flux LoRA" reads LoRAs from ComfyUI/models/xlabs/loras/ only, so the server runs in a copy of the checkout
+made of hard links (the cached checkout stays untouched) with the tiny XLabs LoRA linked into that folder."""
+import os
+import shutil
+
+from .comfy_boot import PACKAGE_DIR_NAME, TESTPACK
+from .locate import REPO_ROOT
+from .server import ComfyServer
+from .tiny_models import FILES
+
+XFLUX_DIR = os.environ.get("XFLUX_DIR") or os.path.expanduser(
+    "~/.cache/comfyui-deepytorch/custom_nodes/x-flux-comfyui")
+MISSING = f"x-flux-comfyui not found in {XFLUX_DIR} (run scripts/get-xflux, or `make comfyui`)"
+
+
+def available():
+    return os.path.isfile(os.path.join(XFLUX_DIR, "nodes.py"))
+
+
+def _link_tree(src, dst):
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+    shutil.copytree(src, dst, copy_function=link, symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "user", "output", "input", "temp"))
+
+
+def start_server(comfy, base, extra_args=()):
+    """Start it (raises if it does not come up); the caller stops it. `comfy`: the booted harness.comfy_boot.Comfy
+    whose tiny models the server uses."""
+    comfy_dir = os.path.join(base, "comfyui")
+    _link_tree(comfy.comfy_dir, comfy_dir)
+    loras = os.path.join(comfy_dir, "models", "xlabs", "loras")
+    os.makedirs(loras, exist_ok=True)
+    sub, name = FILES["xlabs_lora"]
+    os.symlink(os.path.join(comfy.models_dir, sub, name), os.path.join(loras, name))
+    nodes_dir = os.path.join(base, "custom_nodes")
+    os.makedirs(nodes_dir)
+    for name, target in ((PACKAGE_DIR_NAME, REPO_ROOT), ("deepytorch_testpack", TESTPACK),
+                         ("x-flux-comfyui", XFLUX_DIR)):
+        os.symlink(target, os.path.join(nodes_dir, name))
+    server = ComfyServer(comfy_dir, os.path.join(base, "server"), comfy.models_dir, nodes_dir, extra_args)
+    return server.start()
+
+
+def load_problem(server):
+    """Why x-flux-comfyui's nodes are missing from a started server (None if they are there)."""
+    if "XlabsSampler" in server.object_info():
+        return None
+    lines = [line for line in server.log().splitlines() if "x-flux" in line or "Error" in line]
+    return "x-flux-comfyui did not load in this ComfyUI: " + " | ".join(lines[-5:])
