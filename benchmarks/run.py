@@ -50,7 +50,6 @@ def say(msg):
 
 # -- models ---------------------------------------------------------------------------------------------------------
 def model_file(models_dir, size, dtype):
-    import torch
     from safetensors.torch import save_file
     from harness import tiny_models
     path = os.path.join(models_dir, "unet", f"bench-{size}.safetensors")
@@ -81,8 +80,6 @@ class Bench:
         self.comfy_name, path = found[-1]
         extra = [] if args.device == "cpu" else ["--gpu-only"]
         self.comfy = Comfy(path, tempfile.mkdtemp(prefix="deepytorch-bench-"), extra_argv=extra)
-        if args.device == "cpu":
-            pass
         import torch
         self.torch = torch
         models = os.path.join(os.path.expanduser(args.cache), "models")
