@@ -4,7 +4,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from torch._dynamo.utils import counters
 
 from harness import workflows as wf

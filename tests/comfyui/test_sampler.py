@@ -10,7 +10,6 @@
 import importlib
 import math
 import os
-import shutil
 import sys
 import types
 
@@ -19,13 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness import workflows as wf
-from harness.comfy_boot import PACKAGE_DIR_NAME, TESTPACK
-from harness.locate import REPO_ROOT
+from harness import xflux as xflux_harness
 from harness.tiny_models import NAMES
 
 NODE = "DeepTorchXlabsSampler"
-XFLUX_DIR = os.environ.get("XFLUX_DIR") or os.path.expanduser(
-    "~/.cache/comfyui-deepytorch/custom_nodes/x-flux-comfyui")
+XFLUX_DIR = xflux_harness.XFLUX_DIR
 I2I_LATENT = "deepytorch_sampler_i2i.latent"
 GUIDANCE = 3.5
 
@@ -427,49 +424,21 @@ def test_xlabs_controlnet_condition_matches_xlabs_code(comfy, parts, xflux):
 
 
 # -- parity with XlabsSampler itself: real server, --fp16-unet, x-flux-comfyui loaded --------------------------
-def _link_tree(src, dst):
-    """A copy of a ComfyUI checkout made of hard links (x-flux-comfyui creates models/xlabs/ in the ComfyUI it runs
-    in: the cached checkout stays untouched)."""
-    def link(a, b):
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-    def ignore(folder, names):
-        top = os.path.samefile(folder, src)
-        return [n for n in names if n == "__pycache__" or (top and n in ("user", "output", "input", "temp"))]
-    shutil.copytree(src, dst, copy_function=link, symlinks=True, ignore=ignore)
-
-
 @pytest.fixture(scope="module")
 def xlabs_server(comfy, tmp_path_factory):
-    from harness.server import ComfyServer
-    if not os.path.isfile(os.path.join(XFLUX_DIR, "nodes.py")):
-        reason = f"x-flux-comfyui not found in {XFLUX_DIR} (run scripts/get-xflux): XlabsSampler parity not checked"
+    xflux = xflux_harness
+    if not xflux.available():
+        reason = f"{xflux.MISSING}: XlabsSampler parity not checked"
         print(reason)
         pytest.skip(reason)
-    base = tmp_path_factory.mktemp("xlabs")
-    comfy_dir = str(base / "comfyui")
-    _link_tree(comfy.comfy_dir, comfy_dir)
-    nodes_dir = base / "custom_nodes"
-    nodes_dir.mkdir()
-    for name, target in ((PACKAGE_DIR_NAME, REPO_ROOT), ("deepytorch_testpack", TESTPACK),
-                         ("x-flux-comfyui", XFLUX_DIR)):
-        os.symlink(target, nodes_dir / name)
-    loras = os.path.join(comfy_dir, "models", "xlabs", "loras")   # the only folder XLabs' "Load Flux LoRA" reads
-    os.makedirs(loras, exist_ok=True)
-    os.symlink(os.path.join(comfy.models_dir, "loras", NAMES["xlabs_lora"]), os.path.join(loras, NAMES["xlabs_lora"]))
-    s = ComfyServer(comfy_dir, str(base / "server"), comfy.models_dir, str(nodes_dir), extra_args=["--fp16-unet"])
-    s.start()
+    s = xflux.start_server(comfy, str(tmp_path_factory.mktemp("xlabs")), extra_args=["--fp16-unet"])
     try:
-        info = s.object_info()
-        if "XlabsSampler" not in info:
-            lines = [line for line in s.log().splitlines() if "x-flux" in line or "Error" in line]
-            reason = "x-flux-comfyui did not load in this ComfyUI: " + " | ".join(lines[-5:])
-            print(reason)
-            pytest.skip(reason)
+        problem = xflux.load_problem(s)
+        if problem:
+            print(problem)
+            pytest.skip(problem)
         write_i2i_latent(os.path.join(s.base_dir, "input"))
-        s.info = info
+        s.info = s.object_info()
         yield s
     finally:
         s.stop()
@@ -509,9 +478,6 @@ def test_parity_with_xlabs_sampler(xlabs_server, case):
 def test_parity_with_xlabs_sampler_on_an_xlabs_lora(xlabs_server):
     """XLabs' "Load Flux LoRA" swaps the double blocks for XLabs' own with LoRA processors (in the shared model, for
     good: so this runs last). Our sampler calls them block by block and still matches XlabsSampler."""
-    if not os.path.isfile(os.path.join(TESTPACK, "xflux_shim.py")):
-        pytest.skip("XLabs' Load Flux LoRA hard-codes FLUX's width: needs the test pack's tiny-width shim "
-                    "(tests/harness/testpack/xflux_shim.py)")
     p = graph(samplers=("XlabsSampler", NODE, NODE), prefix="parity_lora", cfg_start=1, true_gs=3.5)
     p["30"] = {"class_type": "FluxLoraLoader", "inputs": {"model": ["1", 0], "lora_name": NAMES["xlabs_lora"],
                                                           "strength_model": 0.8}}

@@ -45,19 +45,34 @@ def test_decode_matches_eager_batches_and_two_resolutions(comfy, run, latents, k
     assert acc.recompiles <= 2     # per size family: at most one (8x8 -> 8x12 makes it dynamic)
 
 
-def test_encode_matches_eager(comfy, run):
-    img = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
-    Image.fromarray(img).save(os.path.join(comfy.input_dir, "enc.png"))
+def encoded(comfy, run, prefix, accel, size=64, tiled=None):
+    img = (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(os.path.join(comfy.input_dir, f"enc{size}.png"))
+    torch.manual_seed(0)   # ComfyUI <= v0.3.6 samples the posterior from the global RNG
+    run(wf.vae_encode("flux", f"enc{size}.png", accel=accel, prefix=prefix, tiled=tiled))
+    path = sorted(glob.glob(os.path.join(comfy.output_dir, f"{prefix}_*.latent")))[-1]
+    return load_file(path)["latent_tensor"]
 
-    def encoded(prefix, accel):
-        torch.manual_seed(0)   # ComfyUI <= v0.3.6 samples the posterior from the global RNG
-        run(wf.vae_encode("flux", "enc.png", accel=accel, prefix=prefix))
-        path = sorted(glob.glob(os.path.join(comfy.output_dir, f"{prefix}_*.latent")))[-1]
-        return load_file(path)["latent_tensor"]
-    eager = encoded("enc_e", None)
-    compiled = encoded("enc_c", wf.vae_inputs(parts="encoder"))
+
+def test_encode_matches_eager(comfy, run):
+    eager = encoded(comfy, run, "enc_e", None)
+    compiled = encoded(comfy, run, "enc_c", wf.vae_inputs(parts="encoder"))
     acc = regional(comfy).latest()
     assert list(acc.compiled) == ["encoder"] and acc.compiled_calls == 1
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3 * eager.abs().max().item())
+
+
+def test_tiled_encode_matches_tiled_eager(comfy, run):
+    import nodes
+    required = nodes.NODE_CLASS_MAPPINGS["VAEEncodeTiled"].INPUT_TYPES()["required"]
+    tiled = {k: spec[1]["default"] for k, spec in required.items() if k not in ("pixels", "vae")}
+    tiled["tile_size"] = max(required["tile_size"][1]["min"], 128)   # min 320 on Dec-2024 ComfyUI, 64 on current
+    if "overlap" in tiled:
+        tiled["overlap"] = 32
+    size = 2 * tiled["tile_size"]                               # several tiles
+    eager = encoded(comfy, run, "enct_e", None, size, tiled)
+    compiled = encoded(comfy, run, "enct_c", wf.vae_inputs(parts="encoder"), size, tiled)
+    assert regional(comfy).latest().compiled_calls > 1         # one per tile
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3 * eager.abs().max().item())
 
 

@@ -1,7 +1,6 @@
 import importlib.util
 import logging
 
-import pytest
 import torch
 
 from comfyui_deepytorch.engine import backends

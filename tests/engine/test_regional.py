@@ -1,5 +1,4 @@
 import logging
-import types
 
 import pytest
 import torch

@@ -108,13 +108,15 @@ def vae_decode(kind, latent, accel=None, tiled=None, prefix="vae"):
     return p
 
 
-def vae_encode(kind, image, accel=None, prefix="enc"):
-    """Loader -> [Apply DeepyTorch to vae model] -> VAEEncode(LoadImage) -> SaveLatent."""
+def vae_encode(kind, image, accel=None, prefix="enc", tiled=None):
+    """Loader -> [Apply DeepyTorch to vae model] -> VAEEncode(LoadImage) -> SaveLatent.
+    `tiled`: None, or the inputs of VAEEncodeTiled beyond pixels/vae."""
     loader, vae = vae_loader(kind)
     p = {"1": loader, "2": {"class_type": "LoadImage", "inputs": {"image": image}}}
     if accel is not None:
         p["3"] = {"class_type": VAE_NODE, "inputs": {"vae": vae, **accel}}
         vae = ["3", 0]
-    p["4"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": vae}}
+    p["4"] = {"class_type": "VAEEncodeTiled" if tiled else "VAEEncode",
+              "inputs": {**(tiled or {}), "pixels": ["2", 0], "vae": vae}}
     p["5"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": prefix}}
     return p

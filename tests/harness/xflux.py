@@ -25,8 +25,11 @@ def _link_tree(src, dst):
             os.link(a, b)
         except OSError:
             shutil.copy2(a, b)
-    shutil.copytree(src, dst, copy_function=link, symlinks=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "user", "output", "input", "temp"))
+
+    def ignore(folder, names):   # run-time folders at the top only (current ComfyUI has a comfy_api/input package)
+        top = os.path.samefile(folder, src)
+        return [n for n in names if n == "__pycache__" or (top and n in ("user", "output", "input", "temp"))]
+    shutil.copytree(src, dst, copy_function=link, symlinks=True, ignore=ignore)
 
 
 def start_server(comfy, base, extra_args=()):
