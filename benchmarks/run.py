@@ -41,7 +41,9 @@ VARIANTS = {
     "peer": "ComfyUI TorchCompileModel (inductor, whole model)",
     "deepytorch": "DeepyTorch (inductor, regional, attention auto)",
     "deepytorch-whole": "DeepyTorch (inductor, whole model, attention auto)",
+    "deepytorch-autotune": "DeepyTorch (inductor max-autotune-no-cudagraphs, regional, attention auto)",
 }
+DEFAULT_VARIANTS = "eager,eager-sdpa,peer,deepytorch,deepytorch-whole"
 
 
 def say(msg):
@@ -111,6 +113,8 @@ class Bench:
             return node.apply(model, "eager", "default", "auto", "regional", False, "sdpa")[0]
         if name == "deepytorch":
             return node.apply(model, "inductor", "default", "auto", "regional", False, "auto")[0]
+        if name == "deepytorch-autotune":
+            return node.apply(model, "inductor", "max-autotune-no-cudagraphs", "auto", "regional", False, "auto")[0]
         if name == "deepytorch-whole":
             return node.apply(model, "inductor", "default", "auto", "whole", False, "auto")[0]
         if name == "peer":   # exactly what ComfyUI's TorchCompileModel node does on this version
@@ -306,7 +310,7 @@ def main():
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--res", default=None, help="WIDTHxHEIGHT")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, of: {', '.join(VARIANTS)}")
     ap.add_argument("--out", default=None)
     ap.add_argument("--cache", default="~/.cache/comfyui-deepytorch/bench")
     ap.add_argument("--timeout", type=int, default=1800)
