@@ -18,23 +18,24 @@ logging.getLogger("deepytorch").addHandler(H()); logging.getLogger("deepytorch")
 import torch
 from torch._dynamo.utils import counters
 from comfyui_deepytorch.engine import compile_cache
-root = compile_cache.configure(sys.argv[2] if len(sys.argv) > 2 else None)
-f = torch.compile(lambda x: torch.nn.functional.gelu(x @ x.T) * 3)
-with torch.inference_mode():
-    f(torch.randn(8, 8))
-compile_cache.save_artifacts()
+root = compile_cache.configure(sys.argv[3] or None)
+if sys.argv[2] == "compile":
+    f = torch.compile(lambda x: torch.nn.functional.gelu(x @ x.T) * 3)
+    with torch.inference_mode():
+        f(torch.randn(8, 8))
+    compile_cache.save_artifacts()
 print(json.dumps({"root": root, "log": records, "hit": counters["inductor"]["fxgraph_cache_hit"],
                   "miss": counters["inductor"]["fxgraph_cache_miss"]}))
 """
 
 
-def run(env_cache, default=None):
+def run(env_cache, default=None, compile=True):
     env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
     if env_cache is not None:
         env["DEEPYTORCH_CACHE_DIR"] = env_cache
     else:
         env.pop("DEEPYTORCH_CACHE_DIR", None)
-    args = [sys.executable, "-c", SCRIPT, ROOT] + ([default] if default else [])
+    args = [sys.executable, "-c", SCRIPT, ROOT, "compile" if compile else "configure-only", default or ""]
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -53,7 +54,7 @@ def test_cold_then_warm_start_reuses_the_cache(tmp_path):
 
 
 def test_default_dir_is_used_when_the_env_var_is_unset(tmp_path):
-    result = run(None, default=str(tmp_path / "models" / "deepytorch-compile-cache"))
+    result = run(None, default=str(tmp_path / "models" / "deepytorch-compile-cache"), compile=False)
     assert result["root"] == str(tmp_path / "models" / "deepytorch-compile-cache")
 
 
@@ -64,17 +65,17 @@ def test_read_only_dir_falls_back_with_a_warning(tmp_path):
         ro = str(tmp_path / "ro")
         os.makedirs(ro)
         os.chmod(ro, stat.S_IRUSR | stat.S_IXUSR)
-    result = run(ro)
+    result = run(ro, compile=False)
     assert result["root"] is None
     assert any(f"compile cache: {ro} is not writable; using torch's default cache" in line
                for line in result["log"])
 
 
 def test_foreign_artifacts_are_ignored_and_recompiled(tmp_path):
+    from comfyui_deepytorch.engine import compile_cache
     cache = tmp_path / "cache"
-    run(str(cache))
-    for name in os.listdir(cache):
-        if name.startswith("artifacts-"):
-            (cache / name).write_bytes(b"written by another torch / GPU")
-    result = run(str(cache))
-    assert any("ignored unusable artifacts" in line for line in result["log"])
+    cache.mkdir()
+    name = f"artifacts-{compile_cache._device_tag()}.bin"
+    (cache / name).write_bytes(b"written by another torch / GPU")
+    result = run(str(cache), compile=False)
+    assert any(f"ignored unusable artifacts {name} (torch could not read them)" in line for line in result["log"])
