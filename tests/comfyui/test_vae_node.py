@@ -45,11 +45,12 @@ def test_decode_matches_eager_batches_and_two_resolutions(comfy, run, latents, k
     assert acc.recompiles <= 2     # per size family: at most one (8x8 -> 8x12 makes it dynamic)
 
 
-def encoded(comfy, run, prefix, accel, size=64, tiled=None):
-    img = (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
-    Image.fromarray(img).save(os.path.join(comfy.input_dir, f"enc{size}.png"))
+def encoded(comfy, run, prefix, accel, size=(64, 64), tiled=None):
+    width, height = size
+    img = (np.random.default_rng(0).random((height, width, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(os.path.join(comfy.input_dir, f"enc{width}x{height}.png"))
     torch.manual_seed(0)   # ComfyUI <= v0.3.6 samples the posterior from the global RNG
-    run(wf.vae_encode("flux", f"enc{size}.png", accel=accel, prefix=prefix, tiled=tiled))
+    run(wf.vae_encode("flux", f"enc{width}x{height}.png", accel=accel, prefix=prefix, tiled=tiled))
     path = sorted(glob.glob(os.path.join(comfy.output_dir, f"{prefix}_*.latent")))[-1]
     return load_file(path)["latent_tensor"]
 
@@ -69,7 +70,7 @@ def test_tiled_encode_matches_tiled_eager(comfy, run):
     tiled["tile_size"] = max(required["tile_size"][1]["min"], 128)   # min 320 on Dec-2024 ComfyUI, 64 on current
     if "overlap" in tiled:
         tiled["overlap"] = 32
-    size = 2 * tiled["tile_size"]                               # several tiles
+    size = (tiled["tile_size"] + 64, tiled["tile_size"])        # two tiles side by side
     eager = encoded(comfy, run, "enct_e", None, size, tiled)
     compiled = encoded(comfy, run, "enct_c", wf.vae_inputs(parts="encoder"), size, tiled)
     assert regional(comfy).latest().compiled_calls > 1         # one per tile
