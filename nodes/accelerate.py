@@ -26,15 +26,6 @@ def remove_installed(patcher):
             del patcher.object_patches[key]
 
 
-def installed_model(patcher):
-    """The AcceleratedModel installed on this patcher, or None."""
-    for value in patcher.object_patches.values():
-        region = getattr(value, "deepytorch_region", None)
-        if region is not None:
-            return region[0]
-    return None
-
-
 def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic="auto", fullgraph=False,
                scope="regional", parts=None, call_context=None):
     """Compile `root_key` of `patcher`'s model (lazily, on first use): its repeated blocks (scope 'regional'), all of

@@ -83,6 +83,3 @@ def unpatch():
     _originals.clear()
     _wrappers.clear()
 
-
-def is_patched():
-    return bool(_originals)
