@@ -86,24 +86,26 @@ def save_latent(input_dir, name, tensor):
     return name + ".latent"
 
 
-def vae_loader(kind):
+def vae_source(kind, source, accel=None):
+    """Nodes "1" (the VAE's loader), "2" (`source`, the decode/encode input) and, with `accel`, "3" (Apply DeepyTorch
+    to vae model). Returns (prompt, the VAE output to use)."""
     if kind == "flux":
-        return {"class_type": "VAELoader", "inputs": {"vae_name": NAMES["flux_vae"]}}, ["1", 0]
-    return {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": NAMES["sdxl"]}}, ["1", 2]
+        p, vae = {"1": {"class_type": "VAELoader", "inputs": {"vae_name": NAMES["flux_vae"]}}}, ["1", 0]
+    else:
+        p, vae = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": NAMES["sdxl"]}}}, ["1", 2]
+    p["2"] = source
+    if accel is not None:
+        p["3"] = {"class_type": VAE_NODE, "inputs": {"vae": vae, **accel}}
+        vae = ["3", 0]
+    return p, vae
 
 
 def vae_decode(kind, latent, accel=None, tiled=None, prefix="vae"):
     """Loader -> [Apply DeepyTorch to vae model] -> VAEDecode(LoadLatent) -> SaveImage.
     `tiled`: None, or the inputs of VAEDecodeTiled beyond samples/vae."""
-    loader, vae = vae_loader(kind)
-    p = {"1": loader, "2": {"class_type": "LoadLatent", "inputs": {"latent": latent}}}
-    if accel is not None:
-        p["3"] = {"class_type": VAE_NODE, "inputs": {"vae": vae, **accel}}
-        vae = ["3", 0]
-    decode = {"class_type": "VAEDecodeTiled", "inputs": dict(tiled)} if tiled else \
-        {"class_type": "VAEDecode", "inputs": {}}
-    decode["inputs"].update(samples=["2", 0], vae=vae)
-    p["4"] = decode
+    p, vae = vae_source(kind, {"class_type": "LoadLatent", "inputs": {"latent": latent}}, accel)
+    p["4"] = {"class_type": "VAEDecodeTiled" if tiled else "VAEDecode",
+              "inputs": {**(tiled or {}), "samples": ["2", 0], "vae": vae}}
     p["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": prefix}}
     return p
 
@@ -111,11 +113,7 @@ def vae_decode(kind, latent, accel=None, tiled=None, prefix="vae"):
 def vae_encode(kind, image, accel=None, prefix="enc", tiled=None):
     """Loader -> [Apply DeepyTorch to vae model] -> VAEEncode(LoadImage) -> SaveLatent.
     `tiled`: None, or the inputs of VAEEncodeTiled beyond pixels/vae."""
-    loader, vae = vae_loader(kind)
-    p = {"1": loader, "2": {"class_type": "LoadImage", "inputs": {"image": image}}}
-    if accel is not None:
-        p["3"] = {"class_type": VAE_NODE, "inputs": {"vae": vae, **accel}}
-        vae = ["3", 0]
+    p, vae = vae_source(kind, {"class_type": "LoadImage", "inputs": {"image": image}}, accel)
     p["4"] = {"class_type": "VAEEncodeTiled" if tiled else "VAEEncode",
               "inputs": {**(tiled or {}), "pixels": ["2", 0], "vae": vae}}
     p["5"] = {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": prefix}}
