@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """DeepyTorch benchmark: eager ComfyUI vs ComfyUI's own TorchCompileModel (the peer) vs DeepyTorch, sampling the
-way ComfyUI does (its KSampler path), in ONE process with interleaved repeats (this machine's speed drifts: only
-ratios from one run are compared). Cold / warm compile times and peak memory come from fresh processes.
+way ComfyUI does (its KSampler path; for FLUX also the DeepTorch Sampler path), in ONE process with interleaved
+repeats (this machine's speed drifts: only ratios from one run are compared). Cold / warm compile times and peak
+memory come from fresh processes.
 
-Models are ComfyUI's own FLUX class with random weights at named sizes, loaded through UNETLoader:
-  tiny              hidden 64, 2 + 2 blocks (smoke test)
-  flux-deep-narrow  hidden 256 (2 heads x 128), the real depth 19 double + 38 single blocks (CPU-sized)
-  flux-dev          hidden 3072 (24 heads), 19 + 38 blocks: the real FLUX.1-dev shape (GPU)
+Models are ComfyUI's own FLUX / SDXL UNet classes with random weights at named sizes, loaded through UNETLoader:
+  tiny              FLUX hidden 64, 2 + 2 blocks (smoke test)
+  flux-deep-narrow  FLUX hidden 256 (2 heads x 128), the real depth 19 double + 38 single blocks (CPU-sized)
+  flux-dev          FLUX hidden 3072 (24 heads), 19 + 38 blocks: the real FLUX.1-dev shape (GPU)
+  sdxl-narrow       SDXL UNet with the real depth (2 res blocks per level, 2 / 10 / 10 transformer layers), 64
+                    base channels instead of 320 (CPU-sized)
+  sdxl              the real SDXL UNet shape (320 base channels, context 2048, ADM 2816) (GPU)
 
   python benchmarks/run.py [--size flux-deep-narrow] [--device cpu|cuda] [--steps 2] [--repeats 5] [--res 512x512]
 Writes <out>/results.json, results.md and results.png; prints the table.
@@ -33,8 +37,17 @@ SIZES = {
                              vec_in_dim=768, axes_dim=[16, 56, 56]),
     "flux-dev": dict(hidden_size=3072, num_heads=24, depth=19, depth_single_blocks=38, context_in_dim=4096,
                      vec_in_dim=768, axes_dim=[16, 56, 56]),
+    # SDXL: ComfyUI's own UNet config for SDXL (supported_models.SDXL + model_detection), base width varied
+    "sdxl-narrow": dict(model_channels=64),
+    "sdxl": dict(model_channels=320),
 }
-TEXT_TOKENS = 256
+SDXL_UNET = dict(in_channels=4, out_channels=4, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4],
+                 transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
+                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048, num_head_channels=64,
+                 num_heads=-1, use_linear_in_transformer=True, adm_in_channels=2816, num_classes="sequential",
+                 image_size=32, use_spatial_transformer=True, legacy=False, use_temporal_resblock=False,
+                 use_temporal_attention=False)
+TEXT_TOKENS = {"flux": 256, "sdxl": 77}
 VARIANTS = {
     "eager": "ComfyUI eager (its default attention)",
     "eager-sdpa": "ComfyUI eager with PyTorch SDPA (DeepyTorch backend eager, attention sdpa)",
@@ -44,6 +57,10 @@ VARIANTS = {
     "deepytorch-autotune": "DeepyTorch (inductor max-autotune-no-cudagraphs, regional, attention auto)",
 }
 DEFAULT_VARIANTS = "eager,eager-sdpa,peer,deepytorch,deepytorch-whole"
+
+
+def family(size):
+    return "sdxl" if size.startswith("sdxl") else "flux"
 
 
 def say(msg):
@@ -58,17 +75,27 @@ def model_file(models_dir, size, dtype):
     lora = os.path.join(models_dir, "loras", f"bench-{size}-lora.safetensors")
     if os.path.exists(path) and os.path.exists(lora):
         return os.path.basename(path), os.path.basename(lora)
-    import comfy.ldm.flux.model as fm
     import comfy.ops
-    dims = dict(in_channels=16, out_channels=16, mlp_ratio=4.0, theta=10000, patch_size=2, qkv_bias=True,
-                guidance_embed=True, **SIZES[size])
-    say(f"building {size} FLUX weights (ComfyUI's Flux class, random) -> {path}")
-    sd = tiny_models._meta_sd(lambda: fm.Flux(operations=comfy.ops.disable_weight_init, device="meta", **dims))
-    sd = {k: v.to(dtype) for k, v in tiny_models._fill(sd, 1).items()}
+    ops = comfy.ops.disable_weight_init
+    if family(size) == "sdxl":
+        import comfy.ldm.modules.diffusionmodules.openaimodel as oai
+        say(f"building {size} SDXL UNet weights (ComfyUI's UNetModel, random) -> {path}")
+        sd = tiny_models._meta_sd(lambda: oai.UNetModel(dtype=dtype, device="meta", operations=ops,
+                                                        **SDXL_UNET, **SIZES[size]))
+        sd = {k: v.to(dtype) for k, v in tiny_models._fill(sd, 1).items()}
+        lora_sd = tiny_models.make_sdxl_lora({"model.diffusion_model." + k: v for k, v in sd.items()})
+    else:
+        import comfy.ldm.flux.model as fm
+        dims = dict(in_channels=16, out_channels=16, mlp_ratio=4.0, theta=10000, patch_size=2, qkv_bias=True,
+                    guidance_embed=True, **SIZES[size])
+        say(f"building {size} FLUX weights (ComfyUI's Flux class, random) -> {path}")
+        sd = tiny_models._meta_sd(lambda: fm.Flux(operations=ops, device="meta", **dims))
+        sd = {k: v.to(dtype) for k, v in tiny_models._fill(sd, 1).items()}
+        lora_sd = tiny_models.make_flux_lora(sd)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.makedirs(os.path.dirname(lora), exist_ok=True)
     save_file(sd, path)
-    save_file(tiny_models.make_flux_lora(sd), lora)
+    save_file(lora_sd, lora)
     return os.path.basename(path), os.path.basename(lora)
 
 
@@ -99,10 +126,16 @@ class Bench:
         self.nodes = nodes
         self.base = nodes.UNETLoader().load_unet(self.unet, "default")[0]
         self.args = args
-        dims = SIZES[args.size]
+        self.family = family(args.size)
         g = torch.Generator().manual_seed(0)
-        self.cond = [[torch.randn(1, TEXT_TOKENS, dims["context_in_dim"], generator=g),
-                      {"pooled_output": torch.randn(1, dims["vec_in_dim"], generator=g), "guidance": 3.5}]]
+        if self.family == "sdxl":
+            self.cond = [[torch.randn(1, TEXT_TOKENS["sdxl"], SDXL_UNET["context_dim"], generator=g),
+                          {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+        else:
+            dims = SIZES[args.size]
+            self.cond = [[torch.randn(1, TEXT_TOKENS["flux"], dims["context_in_dim"], generator=g),
+                          {"pooled_output": torch.randn(1, dims["vec_in_dim"], generator=g), "guidance": 3.5}]]
+        self.paths = ["ksampler", "deeptorch-sampler"] if self.family == "flux" else ["ksampler"]
 
     def variant(self, name, model=None):
         model = model or self.base
@@ -128,11 +161,15 @@ class Bench:
             return m
         raise KeyError(name)
 
-    def sample(self, model, width, height, steps, seed=0):
-        """ComfyUI's KSampler path (comfy.sample.sample, as common_ksampler calls it). Returns (end-to-end seconds,
-        seconds per step measured between step callbacks (excludes model load), samples)."""
+    def sample(self, model, width, height, steps, seed=0, path="ksampler"):
+        """Sampling through `path`: 'ksampler' = ComfyUI's KSampler path (comfy.sample.sample, as common_ksampler
+        calls it), 'deeptorch-sampler' = the DeepTorch Sampler node (XLabs' sampling on forward_orig). Returns
+        (end-to-end seconds, seconds per step measured between step callbacks (excludes model load), samples)."""
+        if path == "deeptorch-sampler":
+            return self.sample_deeptorch(model, width, height, steps, seed)
         import comfy.sample
-        latent = comfy.sample.fix_empty_latent_channels(model, self.torch.zeros(1, 16, height // 8, width // 8))
+        channels = model.model.latent_format.latent_channels
+        latent = comfy.sample.fix_empty_latent_channels(model, self.torch.zeros(1, channels, height // 8, width // 8))
         noise = comfy.sample.prepare_noise(latent, seed, None)
         marks = []
 
@@ -149,6 +186,48 @@ class Bench:
         per_step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else total
         return total, per_step, out
 
+    def sample_deeptorch(self, model, width, height, steps, seed):
+        """The DeepTorch Sampler node (no true CFG: one model call per step, like the KSampler path at cfg 1);
+        steps are timed through ComfyUI's progress-bar hook, which the node's preview callback drives."""
+        import comfy.utils
+        marks = []
+
+        def hook(*args, **kwargs):
+            if self.args.device == "cuda":
+                self.torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+        previous = comfy.utils.PROGRESS_BAR_HOOK
+        comfy.utils.set_progress_bar_global_hook(hook)
+        try:
+            node = self.nodes.NODE_CLASS_MAPPINGS["DeepTorchXlabsSampler"]()
+            latent = {"samples": self.torch.zeros(1, 16, height // 8, width // 8)}
+            t0 = time.perf_counter()
+            out = node.sampling(model, self.cond, self.cond, seed, steps, steps, 1.0, 0.0, 1.0, latent)[0]
+            if self.args.device == "cuda":
+                self.torch.cuda.synchronize()
+            total = time.perf_counter() - t0
+        finally:
+            comfy.utils.set_progress_bar_global_hook(previous)
+        per_step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else total
+        return total, per_step, out["samples"]
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        return f"{names[0]}, {len(names)} cores" if names else None
+    except OSError:
+        return platform.processor() or None
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
 
 def peak_memory(device):
     import torch
@@ -158,14 +237,28 @@ def peak_memory(device):
 
 
 # -- phase: one variant in a fresh process (cold / warm compile, peak memory) -----------------------------------------
+def inductor_setup_seconds(device):
+    """Seconds of the first torch.compile in this process on a trivial function: inductor's one-time set-up (on CPU
+    it builds probe programs to pick the SIMD ISA, cached per cache dir), which every model's first compile pays."""
+    import torch
+    t0 = time.perf_counter()
+    torch.compile(lambda x: (x + 1).relu() * 2)(torch.randn(64, 64, device=device))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def phase_compile(args):
     b = Bench(args)
     w, h = args.width, args.height
     model = b.variant(args.variant)
+    setup = inductor_setup_seconds(args.device) if args.variant not in ("eager", "eager-sdpa") else 0.0
     first, _, _ = b.sample(model, w, h, 1)
     second, _, _ = b.sample(model, w, h, 1, seed=1)
-    print("RESULT " + json.dumps({"variant": args.variant, "first_s": first, "step_s": second,
-                                  "compile_s": max(0.0, first - second), "peak_mib": peak_memory(args.device)}))
+    model_only = max(0.0, first - second)
+    print("RESULT " + json.dumps({"variant": args.variant, "first_s": first, "step_s": second, "setup_s": setup,
+                                  "compile_s": setup + model_only, "model_compile_s": model_only,
+                                  "peak_mib": peak_memory(args.device)}))
 
 
 def fresh(args, variant, cache_dir):
@@ -191,13 +284,17 @@ def phase_main(args):
         say(f"{v}: cold compile in a fresh process (empty cache)")
         cold = fresh(args, v, os.path.join(cache_root, v))
         results["variants"].setdefault(v, {})["cold_compile_s"] = cold["compile_s"]
+        results["variants"][v]["cold_model_compile_s"] = cold["model_compile_s"]
+        results["variants"][v]["inductor_setup_s"] = cold["setup_s"]
         results["variants"][v]["peak_mib"] = cold["peak_mib"]
-        say(f"{v}: cold compile {cold['compile_s']:.1f} s, peak {cold['peak_mib']:.0f} MiB")
+        say(f"{v}: cold compile {cold['compile_s']:.1f} s (inductor's one-time set-up {cold['setup_s']:.1f} s + "
+            f"this model {cold['model_compile_s']:.1f} s), peak {cold['peak_mib']:.0f} MiB")
         if v == "deepytorch":
             say(f"{v}: warm start in a new process (cache present)")
             warm = fresh(args, v, os.path.join(cache_root, v))
             results["variants"][v]["warm_compile_s"] = warm["compile_s"]
-            say(f"{v}: warm start {warm['compile_s']:.1f} s")
+            say(f"{v}: warm start {warm['compile_s']:.1f} s (set-up {warm['setup_s']:.1f} s + model "
+                f"{warm['model_compile_s']:.1f} s)")
     shutil.rmtree(cache_root, ignore_errors=True)
     for v in ("eager", "eager-sdpa"):
         if v in variants:
@@ -207,23 +304,33 @@ def phase_main(args):
     b = Bench(args)
     results["comfyui"] = b.comfy_name
     results["torch"] = b.torch.__version__
+    results["device_name"] = b.torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
+    results["commit"] = git_commit()
+    results["paths"] = b.paths
     models = {v: b.variant(v) for v in variants}
     w, h = args.width, args.height
-    for v in variants:
-        say(f"{v}: warm-up")
-        b.sample(models[v], w, h, args.steps)
-    totals = {v: [] for v in variants}
-    steps = {v: [] for v in variants}
+    runs = [(p, v) for p in b.paths for v in variants]
+    for p, v in runs:
+        say(f"{v} ({p}): warm-up")
+        b.sample(models[v], w, h, args.steps, path=p)
+    totals = {run: [] for run in runs}
+    steps = {run: [] for run in runs}
     for r in range(args.repeats):
-        for v in variants:
-            total, per_step, _ = b.sample(models[v], w, h, args.steps, seed=r)
-            totals[v].append(total)
-            steps[v].append(per_step)
-        say(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{v} {steps[v][-1]:.3f}" for v in variants) + " s/step")
-    for v in variants:
-        results["variants"].setdefault(v, {}).update(
-            description=VARIANTS[v], sampling_s=statistics.median(totals[v]), s_per_step=statistics.median(steps[v]),
-            s_per_step_min=min(steps[v]), s_per_step_max=max(steps[v]))
+        for run in runs:
+            total, per_step, _ = b.sample(models[run[1]], w, h, args.steps, seed=r, path=run[0])
+            totals[run].append(total)
+            steps[run].append(per_step)
+        say(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{v} ({p}) {steps[p, v][-1]:.3f}" for p, v in runs)
+            + " s/step")
+    for p, v in runs:
+        stats = dict(sampling_s=statistics.median(totals[p, v]), s_per_step=statistics.median(steps[p, v]),
+                     s_per_step_min=min(steps[p, v]), s_per_step_max=max(steps[p, v]))
+        entry = results["variants"].setdefault(v, {})
+        entry["description"] = VARIANTS[v]
+        if p == "ksampler":
+            entry.update(stats)
+        else:
+            entry.setdefault("paths", {})[p] = stats
 
     # 3. recompiles: LoRA strength swap, 3 resolutions (DeepyTorch)
     if "deepytorch" in variants:
@@ -245,33 +352,57 @@ def phase_main(args):
         results["variants"]["deepytorch"]["compiled_regions"] = len(acc.compiled)
         say(f"recompiles: LoRA swap {sum(swap[1:])}, 3 resolutions {acc.recompiles} over {len(acc.compiled)} regions")
 
-    eager = results["variants"].get("eager", {}).get("s_per_step")
-    peer = results["variants"].get("peer", {}).get("s_per_step")
-    for v, r in results["variants"].items():
+    ratios(results["variants"], lambda r: r)
+    for p in b.paths[1:]:
+        ratios(results["variants"], lambda r: r.get("paths", {}).get(p, {}))
+    write(results, args.out)
+
+
+def ratios(variants, pick):
+    eager = pick(variants.get("eager", {})).get("s_per_step")
+    peer = pick(variants.get("peer", {})).get("s_per_step")
+    for r in variants.values():
+        r = pick(r)
         if "s_per_step" in r:
             r["speedup_vs_eager"] = eager / r["s_per_step"] if eager else None
             r["speedup_vs_peer"] = peer / r["s_per_step"] if peer else None
-    write(results, args.out)
+
+
+PATH_TITLES = {"ksampler": "ComfyUI's KSampler path", "deeptorch-sampler": "DeepTorch Sampler path (XLabs' sampling)"}
 
 
 def write(results, out):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    cols = ["variant", "s/step (median)", "min", "max", "sampling s", "x eager", "x peer", "cold compile s",
-            "warm compile s", "peak MiB"]
-    lines = [f"DeepyTorch benchmark: FLUX {results['size']}, {results['resolution']}, {results['steps']} steps, "
-             f"{results['repeats']} repeats, device {results['device']}, ComfyUI {results.get('comfyui')}, "
-             f"torch {results.get('torch')}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
     def fmt(x, p=3):
         return "-" if x is None else (f"{x:.{p}f}" if isinstance(x, float) else str(x))
-    for v, r in results["variants"].items():
-        lines.append("| " + " | ".join([v, fmt(r.get("s_per_step")), fmt(r.get("s_per_step_min")),
-                                        fmt(r.get("s_per_step_max")), fmt(r.get("sampling_s"), 2),
-                                        fmt(r.get("speedup_vs_eager"), 2), fmt(r.get("speedup_vs_peer"), 2),
-                                        fmt(r.get("cold_compile_s"), 1), fmt(r.get("warm_compile_s"), 1),
-                                        fmt(r.get("peak_mib"), 0)]) + " |")
+
+    def cold(r):
+        if r.get("cold_compile_s") is None:
+            return "-"
+        if r.get("cold_model_compile_s") is None:
+            return fmt(r["cold_compile_s"], 1)
+        return f"{r['cold_compile_s']:.1f} ({r['inductor_setup_s']:.1f} + {r['cold_model_compile_s']:.1f})"
+
+    lines = [f"DeepyTorch benchmark: {family(results['size']).upper()} {results['size']}, {results['resolution']}, "
+             f"{results['steps']} steps, {results['repeats']} repeats, device {results['device']}"
+             f"{' (' + results['device_name'] + ')' if results.get('device_name') else ''}, ComfyUI "
+             f"{results.get('comfyui')}, torch {results.get('torch')}"]
+    for path in results.get("paths", ["ksampler"]):
+        first = path == "ksampler"
+        cols = ["variant", "s/step (median)", "min", "max", "sampling s", "x eager", "x peer"]
+        if first:
+            cols += ["cold compile s (inductor set-up + model)", "warm compile s", "peak MiB"]
+        lines += ["", PATH_TITLES.get(path, path) + ":", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for v, r in results["variants"].items():
+            s = r if first else r.get("paths", {}).get(path, {})
+            row = [v, fmt(s.get("s_per_step")), fmt(s.get("s_per_step_min")), fmt(s.get("s_per_step_max")),
+                   fmt(s.get("sampling_s"), 2), fmt(s.get("speedup_vs_eager"), 2), fmt(s.get("speedup_vs_peer"), 2)]
+            if first:
+                row += [cold(r), fmt(r.get("warm_compile_s"), 1), fmt(r.get("peak_mib"), 0)]
+            lines.append("| " + " | ".join(row) + " |")
     d = results["variants"].get("deepytorch", {})
     if "recompiles_lora_swap" in d:
         lines += ["", f"DeepyTorch recompiles: LoRA strength swap {d['recompiles_lora_swap']}; 3 resolutions "
@@ -285,13 +416,18 @@ def write(results, out):
 
 def chart(results, path):
     from PIL import Image, ImageDraw
-    rows = [(v, r["s_per_step"]) for v, r in results["variants"].items() if "s_per_step" in r]
+    rows = []
+    for p in results.get("paths", ["ksampler"]):
+        for v, r in results["variants"].items():
+            s = r if p == "ksampler" else r.get("paths", {}).get(p, {})
+            if "s_per_step" in s:
+                rows.append((v if p == "ksampler" else f"{v} [{p}]", s["s_per_step"]))
     if not rows:
         return
-    width, bar_h, left = 760, 34, 170
+    width, bar_h, left = 860, 34, 270
     img = Image.new("RGB", (width, 60 + bar_h * len(rows)), "white")
     d = ImageDraw.Draw(img)
-    d.text((10, 10), f"FLUX {results['size']} {results['resolution']} on {results['device']}: seconds per step "
+    d.text((10, 10), f"{results['size']} {results['resolution']} on {results['device']}: seconds per step "
                      "(lower is better)", fill="black")
     top = max(s for _, s in rows)
     for i, (v, s) in enumerate(rows):
@@ -320,7 +456,8 @@ def main():
     gpu = args.device == "cuda"
     args.size = args.size or ("flux-dev" if gpu else "flux-deep-narrow")
     args.steps = args.steps or (20 if gpu else 3)
-    args.width, args.height = map(int, (args.res or ("768x1024" if gpu else "512x512")).split("x"))
+    default_res = ("1024x1024" if family(args.size) == "sdxl" else "768x1024") if gpu else "512x512"
+    args.width, args.height = map(int, (args.res or default_res).split("x"))
     args.cache = os.path.expanduser(args.cache)
     args.out = args.out or os.path.join(ROOT, "test-artifacts", "bench", f"{args.device}-{args.size}")
     (phase_compile if args.phase == "compile" else phase_main)(args)

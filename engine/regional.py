@@ -5,6 +5,7 @@ Nothing in the module tree is replaced: a compiled region is installed as the `f
 the caller, e.g. as a ComfyUI object patch), so parameter names, state_dict keys and LoRA keys stay exactly as they
 are, and weights patched in place are seen by the compiled code.
 """
+import re
 import threading
 import time
 import types
@@ -182,8 +183,11 @@ class AcceleratedModel:
         if seen is not None and len(reasons) > seen:
             self._seen_failures[code] = len(reasons)
             self.recompiles += 1
-            reason = str(reasons[-1]).strip().splitlines()
-            log.info("%s: recompiled %s: %s", self.label, type(module).__name__, reason[0] if reason else "unknown reason")
+            # dynamo starts each cached entry's reason with "<frame>/<entry>:" (one per shape seen so far)
+            lines = [line.strip() for line in str(reasons[-1]).strip().splitlines() if line.strip()]
+            entries = [line for line in lines if re.match(r"^\d+/\d+:", line)] or lines[:1]
+            log.info("%s: recompiled %s: %s", self.label, type(module).__name__,
+                     "; ".join(entries[:4])[:600] if entries else "unknown reason")
 
     def _fail(self, exc, path):
         if self.failed is None:

@@ -131,3 +131,5 @@ def test_dynamic_auto_recompiles_once_per_region_for_new_sizes(flux_like, caplog
             flux_like(torch.randn(rows, 16))
     assert acc.recompiles == 1                                 # 3 -> dynamic; 5 reuses it
     assert "DeepyTorch: FluxLike: recompiled Block: " in caplog.text
+    # the log says why, in dynamo's words (its guard on the input's size)
+    assert "size mismatch at index 0. expected 2, actual 3" in caplog.text
