@@ -6,6 +6,7 @@ import types
 
 import torch
 
+from . import cpu_passes as cpu_passes_module
 from .base import Backend
 
 
@@ -39,7 +40,10 @@ class DynamoBackend(Backend):
         return False, f"no dynamo backend named '{self.name}' is registered"
 
     def compile(self, module, options):
-        return types.MethodType(_compiled_forward(type(module), self.name, options), module)
+        return types.MethodType(_compiled_forward(type(module), self.name, options, self.cpu_passes()), module)
+
+    def cpu_passes(self):
+        return False
 
 
 # Regional compile shares one code object between many blocks of different shapes: allow more cache entries than
@@ -55,22 +59,31 @@ def _compile_accepts(name):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_forward(cls, backend_name, options):
+def _compiled_forward(cls, backend_name, options, cpu_passes=False):
     # One compiled function per block class: identical blocks share the compiled code (and its cache entries).
     kwargs = options.torch_compile_kwargs()
     if backend_name != "inductor":
         kwargs.pop("mode", None)
+    elif cpu_passes:
+        inductor_options = cpu_passes_module.inductor_options(kwargs.get("mode", "default"))
+        if inductor_options is not None:
+            kwargs.pop("mode", None)
+            kwargs["options"] = inductor_options
     if _compile_accepts("recompile_limit"):
         kwargs["recompile_limit"] = RECOMPILE_LIMIT
     return torch.compile(cls.forward, backend=backend_name, **kwargs)
 
 
 class InductorBackend(DynamoBackend):
-    """torch.compile with TorchInductor: C++/OpenMP kernels on CPU, Triton kernels on CUDA."""
+    """torch.compile with TorchInductor: C++/OpenMP kernels on CPU (plus DeepyTorch's CPU graph passes), Triton
+    kernels on CUDA."""
 
     def __init__(self, device=None):
         super().__init__("inductor")
         self.device_type = _device_type(device)
+
+    def cpu_passes(self):
+        return self.device_type == "cpu"
 
     def available(self):
         if self.device_type == "cuda":
