@@ -15,8 +15,9 @@ class ApplyDeepyTorchDiffusionModel:
                                            "weights are patched in place and stay in effect)."}),
             **compile_inputs(),
             "scope": (SCOPES, {"default": "regional", "tooltip":
-                      "regional: compile the repeated blocks (fast compile, identical blocks share code). whole: "
-                      "compile the whole diffusion model as one graph."}),
+                      "regional: compile the repeated blocks (fast compile, identical blocks share code; every "
+                      "sampler). whole: compile the whole diffusion model as one graph (ComfyUI's samplers only: "
+                      "the DeepTorch Sampler / XlabsSampler call the FLUX transformer below it)."}),
             "fullgraph": ("BOOLEAN", {"default": False, "tooltip":
                           "Require one graph per compiled region (errors instead of graph breaks)."}),
             "attention": (attention_choice.ATTENTION_CHOICES, {"default": "auto", "tooltip":

@@ -150,6 +150,10 @@ class DeepTorchXlabsSampler:
             log.info("%s: %s", NODE, note)
 
         h, w = fs.latent_size(p.height, p.width)
+        if getattr(model.object_patches.get("diffusion_model.forward"), "deepytorch_region", None) is not None:
+            log.warning("%s: this model was compiled by DeepyTorch with scope 'whole' (the diffusion model's "
+                        "forward), which XLabs' sampling does not call: it runs uncompiled here. Use scope "
+                        "'regional'.", NODE)
         self._load(model, (p.batch * 2, fs.LATENT_CHANNELS, h, w))
         call = FluxCall(model.model.diffusion_model, model.model_options.get("transformer_options"))
         img_ids = fs.image_ids(p.batch, h, w, device, dtype)

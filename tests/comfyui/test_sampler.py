@@ -243,6 +243,16 @@ def test_accelerated_model_runs_compiled_blocks_and_matches_eager(comfy, sample)
     assert close(again, sample(seed=5, fresh=False, **kw), rel=1e-3)
 
 
+def test_whole_scope_model_is_named_as_not_accelerated_here(comfy, sample, deepy_log):
+    # scope 'whole' compiles the diffusion model's forward(); XLabs' sampling calls forward_orig below it
+    sample(accel=wf.accel_inputs("inductor", scope="whole"), steps=1)
+    acc = comfy.package.engine.regional.latest("Flux")
+    assert acc.scope == "whole" and acc.compiled_calls == 0 and not acc.compiled
+    assert ("DeepTorch Sampler: this model was compiled by DeepyTorch with scope 'whole' (the diffusion model's "
+            "forward), which XLabs' sampling does not call: it runs uncompiled here. Use scope 'regional'."
+            ) in deepy_log.text
+
+
 # -- progress, Cancel, errors ----------------------------------------------------------------------------------
 @pytest.fixture
 def progress_hook():
