@@ -68,6 +68,12 @@ def _guard_failures():
     return getattr(getattr(torch._dynamo, "utils", None), "guard_failures", None)
 
 
+def _code_of(compiled, module):
+    """The code object dynamo compiled for this region: the backend's private copy if it made one (see
+    backends.inductor.private_copy), else the block class's forward."""
+    return getattr(compiled, "deepytorch_code", None) or type(module).forward.__code__
+
+
 def _summary(exc, lines=2, limit=400):
     """The first lines of an exception's message (dynamo puts the backend's own error on the second line)."""
     text = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -135,8 +141,8 @@ class AcceleratedModel:
                 return eager(*args, **kwargs)
             accelerated.compiled_calls += 1
             if first:
-                accelerated._first_call_done(path, module, time.perf_counter() - t0)
-            accelerated._check_recompiles(module)
+                accelerated._first_call_done(path, module, fn, time.perf_counter() - t0)
+            accelerated._check_recompiles(module, fn)
             return out
 
         forward.deepytorch_region = (self, path)
@@ -158,10 +164,10 @@ class AcceleratedModel:
             self.compiled[path] = fn
             return fn
 
-    def _first_call_done(self, path, module, seconds):
+    def _first_call_done(self, path, module, fn, seconds):
         self.first_call_s[path] = seconds
         failures = _guard_failures()
-        code = type(module).forward.__code__
+        code = _code_of(fn, module)
         if failures is not None and code not in self._seen_failures:
             self._seen_failures[code] = len(failures.get(code, ()))   # earlier ones belong to other models
         if seconds > 0.5:
@@ -173,11 +179,11 @@ class AcceleratedModel:
             if self.on_compiled is not None and _graphs_compiled() > self._graphs_at_start:
                 self.on_compiled()   # only when something new was compiled
 
-    def _check_recompiles(self, module):
+    def _check_recompiles(self, module, fn):
         failures = _guard_failures()
         if failures is None:
             return
-        code = type(module).forward.__code__
+        code = _code_of(fn, module)
         seen = self._seen_failures.get(code)
         reasons = failures.get(code, ())
         if seen is not None and len(reasons) > seen:

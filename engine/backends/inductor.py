@@ -58,6 +58,23 @@ def _compile_accepts(name):
         return False
 
 
+def private_copy(fn):
+    """`fn` with its own code object. dynamo keeps its cache entries and recompile limit per code object: on the
+    class's own `forward` they would be shared with anyone else compiling that class in this process (ComfyUI's
+    TorchCompileModel, another node pack), whose entries can exhaust the limit and silently send our regions to
+    eager. The name differs too, so dynamo's per-code records (guard failures) stay apart."""
+    code = getattr(fn, "__code__", None)
+    if not isinstance(fn, types.FunctionType) or code is None:
+        return fn
+    copy = types.FunctionType(code.replace(co_name=f"{code.co_name}_deepytorch"), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__qualname__ = fn.__qualname__
+    copy.__module__ = fn.__module__
+    copy.__dict__.update(fn.__dict__)
+    return copy
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_forward(cls, backend_name, options, cpu_passes=False):
     # One compiled function per block class: identical blocks share the compiled code (and its cache entries).
@@ -71,7 +88,10 @@ def _compiled_forward(cls, backend_name, options, cpu_passes=False):
             kwargs["options"] = inductor_options
     if _compile_accepts("recompile_limit"):
         kwargs["recompile_limit"] = RECOMPILE_LIMIT
-    return torch.compile(cls.forward, backend=backend_name, **kwargs)
+    forward = private_copy(cls.forward)
+    compiled = torch.compile(forward, backend=backend_name, **kwargs)
+    compiled.deepytorch_code = getattr(forward, "__code__", None)   # where dynamo records this function's recompiles
+    return compiled
 
 
 class InductorBackend(DynamoBackend):

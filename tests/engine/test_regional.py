@@ -133,3 +133,38 @@ def test_dynamic_auto_recompiles_once_per_region_for_new_sizes(flux_like, caplog
     assert "DeepyTorch: FluxLike: recompiled Block: " in caplog.text
     # the log says why, in dynamo's words (its guard on the input's size)
     assert "size mismatch at index 0. expected 2, actual 3" in caplog.text
+
+
+class PeerBlock(Block):
+    """A block class that someone else (e.g. ComfyUI's TorchCompileModel) also compiles in this process."""
+
+    def forward(self, x, transformer_options=None):
+        return torch.nn.functional.gelu(self.lin(x)) * 0.5 + x
+
+
+def test_regions_keep_their_own_dynamo_cache_when_another_compile_exhausts_the_class(caplog):
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    caplog.set_level(logging.WARNING)
+    torch._dynamo.reset()
+    block = PeerBlock()
+    peer = torch.compile(PeerBlock.forward, backend="eager", dynamic=False)
+    with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+        for rows in range(1, 12):     # one static entry per shape, past dynamo's default limit of 8
+            peer(block, torch.randn(rows, 16))
+    assert "hit config.recompile_limit" in caplog.text
+    assert len(_debug_get_cache_entry_list(PeerBlock.forward.__code__)) == 8   # the class's code is full
+
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([PeerBlock() for _ in range(2)])
+    acc = regional.AcceleratedModel("Peer", backends.get_backend("inductor", "cpu"), CompileOptions())
+    install(model, acc)
+    counters.clear()
+    with torch.inference_mode():
+        x = torch.randn(12, 16)
+        out = model.blocks[1](model.blocks[0](x))
+        ref = type(block).forward(model.blocks[1], type(block).forward(model.blocks[0], x))
+    assert counters["stats"]["unique_graphs"] == 1 and acc.compiled_calls == 2   # compiled, not skipped
+    code = acc.compiled["blocks.0"].deepytorch_code
+    assert code is not PeerBlock.forward.__code__ and code.co_name == "forward_deepytorch"
+    assert len(_debug_get_cache_entry_list(code)) == 1          # one entry of our own, shared by both blocks
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
