@@ -171,45 +171,52 @@ class Bench:
         channels = model.model.latent_format.latent_channels
         latent = comfy.sample.fix_empty_latent_channels(model, self.torch.zeros(1, channels, height // 8, width // 8))
         noise = comfy.sample.prepare_noise(latent, seed, None)
-        marks = []
-
-        def callback(step, x0, x, total):
-            if self.args.device == "cuda":
-                self.torch.cuda.synchronize()
-            marks.append(time.perf_counter())
-        t0 = time.perf_counter()
-        out = comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", self.cond, self.cond, latent,
-                                  callback=callback, disable_pbar=True, seed=seed)
-        if self.args.device == "cuda":
-            self.torch.cuda.synchronize()
-        total = time.perf_counter() - t0
-        per_step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else total
-        return total, per_step, out
+        clock = StepClock(self.args.device)
+        out = clock.run(lambda: comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", self.cond, self.cond,
+                                                    latent, callback=clock.mark, disable_pbar=True, seed=seed))
+        return clock.total, clock.per_step(), out
 
     def sample_deeptorch(self, model, width, height, steps, seed):
         """The DeepTorch Sampler node (no true CFG: one model call per step, like the KSampler path at cfg 1);
         steps are timed through ComfyUI's progress-bar hook, which the node's preview callback drives."""
         import comfy.utils
-        marks = []
-
-        def hook(*args, **kwargs):
-            if self.args.device == "cuda":
-                self.torch.cuda.synchronize()
-            marks.append(time.perf_counter())
+        clock = StepClock(self.args.device)
+        node = self.nodes.NODE_CLASS_MAPPINGS["DeepTorchXlabsSampler"]()
+        latent = {"samples": self.torch.zeros(1, 16, height // 8, width // 8)}
         previous = comfy.utils.PROGRESS_BAR_HOOK
-        comfy.utils.set_progress_bar_global_hook(hook)
+        comfy.utils.set_progress_bar_global_hook(clock.mark)
         try:
-            node = self.nodes.NODE_CLASS_MAPPINGS["DeepTorchXlabsSampler"]()
-            latent = {"samples": self.torch.zeros(1, 16, height // 8, width // 8)}
-            t0 = time.perf_counter()
-            out = node.sampling(model, self.cond, self.cond, seed, steps, steps, 1.0, 0.0, 1.0, latent)[0]
-            if self.args.device == "cuda":
-                self.torch.cuda.synchronize()
-            total = time.perf_counter() - t0
+            out = clock.run(lambda: node.sampling(model, self.cond, self.cond, seed, steps, steps, 1.0, 0.0, 1.0,
+                                                  latent)[0]["samples"])
         finally:
             comfy.utils.set_progress_bar_global_hook(previous)
-        per_step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else total
-        return total, per_step, out["samples"]
+        return clock.total, clock.per_step(), out
+
+
+class StepClock:
+    """End-to-end time of a sampling call and the times of its step callbacks (synchronised on CUDA)."""
+
+    def __init__(self, device):
+        import torch
+        self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        self.marks = []
+        self.total = None
+
+    def mark(self, *args, **kwargs):
+        self.sync()
+        self.marks.append(time.perf_counter())
+
+    def run(self, sampling):
+        t0 = time.perf_counter()
+        out = sampling()
+        self.sync()
+        self.total = time.perf_counter() - t0
+        return out
+
+    def per_step(self):
+        """Seconds per step between the first and last step callbacks (excludes model loading)."""
+        m = self.marks
+        return (m[-1] - m[0]) / (len(m) - 1) if len(m) > 1 else self.total
 
 
 def cpu_name():
