@@ -82,7 +82,7 @@ def model_file(models_dir, size, dtype):
         say(f"building {size} SDXL UNet weights (ComfyUI's UNetModel, random) -> {path}")
         sd = tiny_models._meta_sd(lambda: oai.UNetModel(dtype=dtype, device="meta", operations=ops,
                                                         **SDXL_UNET, **SIZES[size]))
-        sd = {k: v.to(dtype) for k, v in tiny_models._fill(sd, 1).items()}
+        sd = tiny_models._fill(sd, 1, dtype)
         lora_sd = tiny_models.make_sdxl_lora({"model.diffusion_model." + k: v for k, v in sd.items()})
     else:
         import comfy.ldm.flux.model as fm
@@ -90,7 +90,7 @@ def model_file(models_dir, size, dtype):
                     guidance_embed=True, **SIZES[size])
         say(f"building {size} FLUX weights (ComfyUI's Flux class, random) -> {path}")
         sd = tiny_models._meta_sd(lambda: fm.Flux(operations=ops, device="meta", **dims))
-        sd = {k: v.to(dtype) for k, v in tiny_models._fill(sd, 1).items()}
+        sd = tiny_models._fill(sd, 1, dtype)
         lora_sd = tiny_models.make_flux_lora(sd)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.makedirs(os.path.dirname(lora), exist_ok=True)

@@ -32,7 +32,9 @@ SDXL_UNET = dict(in_channels=4, out_channels=4, model_channels=64, num_res_block
 SD_VAE = dict(VAE, z_channels=4)
 
 
-def _fill(sd, seed=0):
+def _fill(sd, seed=0, dtype=None):
+    """Deterministic weights for a (meta) state dict; `dtype` converts each tensor as it is made (a full-size
+    FLUX in float32 would need 48 GB at once)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for k, v in sd.items():
@@ -51,7 +53,7 @@ def _fill(sd, seed=0):
             t = torch.randn(shape, generator=g) / fan_in ** 0.5   # unit-variance activations
         else:
             t = torch.randn(shape, generator=g) * 0.02
-        out[k] = t.contiguous()
+        out[k] = (t if dtype is None else t.to(dtype)).contiguous()
     return out
 
 
