@@ -15,7 +15,7 @@ import types
 import torch
 
 from .base import Backend
-from .inductor import _compiled_forward
+from .inductor import _compiled_forward, parameter_shapes
 
 MODULE_NAMES = ("deepytorch", "deepgpu_torch")
 DYNAMO_NAMES = ("deepgpu", "deepytorch")
@@ -63,5 +63,6 @@ class DeepGPUBackend(Backend):
             if not ok:
                 raise RuntimeError(reason)
         if self._dynamo_name is not None:
-            return types.MethodType(_compiled_forward(type(module), self._dynamo_name, options), module)
+            return types.MethodType(_compiled_forward(type(module), self._dynamo_name, options, False,
+                                                      parameter_shapes(module)), module)
         return self._module.compile(module, **options.torch_compile_kwargs())

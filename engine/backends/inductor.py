@@ -1,4 +1,5 @@
 import functools
+import hashlib
 import importlib.util
 import inspect
 import shutil
@@ -40,7 +41,8 @@ class DynamoBackend(Backend):
         return False, f"no dynamo backend named '{self.name}' is registered"
 
     def compile(self, module, options):
-        return types.MethodType(_compiled_forward(type(module), self.name, options, self.cpu_passes()), module)
+        return types.MethodType(_compiled_forward(type(module), self.name, options, self.cpu_passes(),
+                                                  parameter_shapes(module)), module)
 
     def cpu_passes(self):
         return False
@@ -58,15 +60,16 @@ def _compile_accepts(name):
         return False
 
 
-def private_copy(fn):
+def private_copy(fn, tag=""):
     """`fn` with its own code object. dynamo keeps its cache entries and recompile limit per code object: on the
     class's own `forward` they would be shared with anyone else compiling that class in this process (ComfyUI's
     TorchCompileModel, another node pack), whose entries can exhaust the limit and silently send our regions to
-    eager. The name differs too, so dynamo's per-code records (guard failures) stay apart."""
+    eager. The name differs too (`<name>_deepytorch<tag>`): dynamo keeps its size history for automatic dynamic
+    shapes by file, line and name, so copies that must not share it need different tags."""
     code = getattr(fn, "__code__", None)
     if not isinstance(fn, types.FunctionType) or code is None:
         return fn
-    copy = types.FunctionType(code.replace(co_name=f"{code.co_name}_deepytorch"), fn.__globals__, fn.__name__,
+    copy = types.FunctionType(code.replace(co_name=f"{code.co_name}_deepytorch{tag}"), fn.__globals__, fn.__name__,
                               fn.__defaults__, fn.__closure__)
     copy.__kwdefaults__ = fn.__kwdefaults__
     copy.__qualname__ = fn.__qualname__
@@ -75,9 +78,19 @@ def private_copy(fn):
     return copy
 
 
+def parameter_shapes(module):
+    """What decides which blocks share a compiled function: blocks of one class with the same parameter shapes.
+    Blocks of one class at different widths (SD/SDXL UNet levels) get one each: dynamo tracks size changes per
+    function (automatic dynamic shapes), and a shared one would turn every graph dynamic within the first step
+    (each level's activations differ in size): slower to compile, and counted as recompiles. A new resolution
+    still makes each function dynamic once."""
+    return tuple((name, tuple(p.shape), str(p.dtype)) for name, p in module.named_parameters())
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled_forward(cls, backend_name, options, cpu_passes=False):
-    # One compiled function per block class: identical blocks share the compiled code (and its cache entries).
+def _compiled_forward(cls, backend_name, options, cpu_passes=False, shapes=None):
+    # One compiled function per block class and parameter shapes: identical blocks share the compiled code (and its
+    # cache entries).
     kwargs = options.torch_compile_kwargs()
     if backend_name != "inductor":
         kwargs.pop("mode", None)
@@ -88,7 +101,9 @@ def _compiled_forward(cls, backend_name, options, cpu_passes=False):
             kwargs["options"] = inductor_options
     if _compile_accepts("recompile_limit"):
         kwargs["recompile_limit"] = RECOMPILE_LIMIT
-    forward = private_copy(cls.forward)
+    # blocks of other parameter shapes get another name: a stable one (the persistent cache finds it again)
+    tag = "" if shapes is None else "_" + hashlib.sha1(repr(shapes).encode()).hexdigest()[:8]
+    forward = private_copy(cls.forward, tag)
     compiled = torch.compile(forward, backend=backend_name, **kwargs)
     compiled.deepytorch_code = getattr(forward, "__code__", None)   # where dynamo records this function's recompiles
     return compiled

@@ -165,6 +165,42 @@ def test_regions_keep_their_own_dynamo_cache_when_another_compile_exhausts_the_c
         ref = type(block).forward(model.blocks[1], type(block).forward(model.blocks[0], x))
     assert counters["stats"]["unique_graphs"] == 1 and acc.compiled_calls == 2   # compiled, not skipped
     code = acc.compiled["blocks.0"].deepytorch_code
-    assert code is not PeerBlock.forward.__code__ and code.co_name == "forward_deepytorch"
+    assert code is not PeerBlock.forward.__code__ and code.co_name.startswith("forward_deepytorch_")
     assert len(_debug_get_cache_entry_list(code)) == 1          # one entry of our own, shared by both blocks
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_blocks_of_one_class_at_two_widths_compile_apart_and_stay_static(caplog):
+    """A UNet's levels: one block class, a different width and activation size per level. Sharing one compiled
+    function would make dynamo see a size change on every level switch (a recompile, then dynamic graphs)."""
+    caplog.set_level(logging.INFO, logger="deepytorch")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([Block(8), Block(8), Block(16), Block(16)])
+    acc = regional.AcceleratedModel("Levels", backends.get_backend("inductor", "cpu"), CompileOptions())
+    install(model, acc)
+
+    def levels(rows):
+        with torch.inference_mode():
+            x8, x16 = torch.randn(rows, 8), torch.randn(rows * 4, 16)
+            out = (model.layers[1](model.layers[0](x8)), model.layers[3](model.layers[2](x16)))
+        uninstall(model)
+        with torch.inference_mode():
+            ref = (model.layers[1](model.layers[0](x8)), model.layers[3](model.layers[2](x16)))
+        install(model, acc)
+        for o, r in zip(out, ref):
+            torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+
+    counters.clear()
+    levels(4)
+    assert counters["stats"]["unique_graphs"] == 2 and acc.recompiles == 0       # one static graph per width
+    fns = {p: acc.compiled[p].__func__ for p in acc.compiled}
+    assert fns["layers.0"] is fns["layers.1"] and fns["layers.2"] is fns["layers.3"]
+    assert fns["layers.0"] is not fns["layers.2"]
+    assert fns["layers.0"].deepytorch_code is not fns["layers.2"].deepytorch_code   # dynamo tracks them apart
+    assert "recompiled" not in caplog.text
+    levels(6)    # a new resolution: each width's function turns dynamic once
+    assert acc.recompiles == 2
+    levels(9)    # and covers the next one
+    assert acc.recompiles == 2
