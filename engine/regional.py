@@ -80,6 +80,21 @@ def _summary(exc, lines=2, limit=400):
     return " ".join(text[:lines])[:limit]
 
 
+# Option-dict entries whose length changes with the run, not the image: ComfyUI's noise schedule (steps + 1 sigmas,
+# in transformer_options). Blocks that copy every option (SD/SDXL's transformer block) make it a graph input, so
+# each new step count would recompile them; its length is dynamic from the first compile instead.
+RUN_LENGTH_KEYS = ("sample_sigmas",)
+
+
+def _mark_run_length_dynamic(args, kwargs):
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, dict):
+            for key in RUN_LENGTH_KEYS:
+                tensor = value.get(key)
+                if isinstance(tensor, torch.Tensor) and tensor.dim() == 1:
+                    torch._dynamo.maybe_mark_dynamic(tensor, 0)
+
+
 def _is_interrupt(exc):
     return "Interrupt" in type(exc).__name__
 
@@ -132,6 +147,7 @@ class AcceleratedModel:
                 if fn is None:
                     return eager(*args, **kwargs)
                 t0 = time.perf_counter()
+            _mark_run_length_dynamic(args, kwargs)
             try:
                 out = fn(*args, **kwargs)
             except Exception as e:

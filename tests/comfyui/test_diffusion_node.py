@@ -115,6 +115,24 @@ def test_two_resolutions_at_most_one_recompile_per_region(comfy, run, regional):
     assert graphs() == 0, "a third size must reuse the dynamic graphs"
 
 
+@pytest.mark.parametrize("arch", ["flux", "sdxl"])
+def test_new_step_count_does_not_recompile(comfy, run, regional, deepy_log, arch):
+    """ComfyUI hands the blocks its noise schedule (steps + 1 sigmas); SDXL's transformer block copies every option,
+    which made each new step count recompile every SpatialTransformer (11 on SDXL) before it became dynamic."""
+    t2i = wf.flux_t2i if arch == "flux" else wf.sdxl_t2i
+    label = "Flux" if arch == "flux" else "SDXL"
+    run(t2i(prefix=f"d_st2{arch}", steps=2, accel=wf.accel_inputs()), fresh=False)
+    acc = regional.latest(label)
+    before = acc.recompiles
+    deepy_log.clear()
+    counters.clear()
+    compiled = comfy.image(run(t2i(prefix=f"d_st3{arch}", steps=3, accel=wf.accel_inputs()), fresh=False), "11")
+    assert regional.latest(label) is acc and acc.compiled_calls > 0
+    assert acc.recompiles == before and graphs() == 0, deepy_log.text
+    eager = comfy.image(run(t2i(prefix=f"d_st3e{arch}", steps=3)), "11")
+    assert np.abs(eager - compiled).max() <= TOL
+
+
 def test_applied_twice_is_applied_once_and_eager_branch_stays_eager(comfy, run, regional):
     eager = comfy.image(run(wf.flux_t2i(prefix="d_twice_e", seed=2)), "11")
     p = wf.flux_t2i(prefix="d_twice", seed=2, accel=wf.accel_inputs())
