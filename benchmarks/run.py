@@ -207,8 +207,10 @@ class StepClock:
         self.marks.append(time.perf_counter())
 
     def run(self, sampling):
+        import torch
         t0 = time.perf_counter()
-        out = sampling()
+        with torch.inference_mode():   # as ComfyUI's executor runs every node
+            out = sampling()
         self.sync()
         self.total = time.perf_counter() - t0
         return out
