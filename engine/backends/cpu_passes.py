@@ -3,8 +3,9 @@ set in torch's global config).
 
 unfuse_bias_addmm: `addmm(bias, x, w)` -> `mm(x, w) + bias`. On CPU inductor keeps a linear layer's addmm, whose
 bias is first broadcast-copied into the whole output (a memory-bound pass over every activation: 11% of a
-profiled FLUX step on 2 cores, steps ~4% faster without it); as a separate add, inductor fuses the bias into the pointwise kernel that follows (GELU, the
-residual, q/k norm). Inductor makes this choice itself on GPU (post_grad `should_prefer_unfused_addmm`).
+profiled FLUX step on 2 cores, steps ~4% faster without it); as a separate add, inductor fuses the bias into the
+pointwise kernel that follows (GELU, the residual, q/k norm). Inductor makes this choice itself on GPU
+(post_grad `should_prefer_unfused_addmm`).
 """
 import torch
 

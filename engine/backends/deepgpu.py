@@ -63,6 +63,6 @@ class DeepGPUBackend(Backend):
             if not ok:
                 raise RuntimeError(reason)
         if self._dynamo_name is not None:
-            return types.MethodType(_compiled_forward(type(module), self._dynamo_name, options, False,
-                                                      parameter_shapes(module)), module)
+            return types.MethodType(_compiled_forward(type(module), self._dynamo_name, options,
+                                                      shapes=parameter_shapes(module)), module)
         return self._module.compile(module, **options.torch_compile_kwargs())

@@ -40,8 +40,8 @@ class DynamoBackend(Backend):
         return False, f"no dynamo backend named '{self.name}' is registered"
 
     def compile(self, module, options):
-        return types.MethodType(_compiled_forward(type(module), self.name, options, self.cpu_passes(),
-                                                  parameter_shapes(module)), module)
+        return types.MethodType(_compiled_forward(type(module), self.name, options, cpu_passes=self.cpu_passes(),
+                                                  shapes=parameter_shapes(module)), module)
 
     def cpu_passes(self):
         return False
