@@ -95,6 +95,9 @@ def _mark_run_length_dynamic(args, kwargs):
                     torch._dynamo.maybe_mark_dynamic(tensor, 0)
 
 
+_EAGER = object()   # a region's compiled path returns this when the call must run eager instead
+
+
 def _is_interrupt(exc):
     return "Interrupt" in type(exc).__name__
 
@@ -104,7 +107,8 @@ class AcceleratedModel:
 
     def __init__(self, label, backend, options, scope="regional", call_context=None):
         self.label = label
-        self.call_context = call_context   # optional context manager factory entered around every region call
+        self.call_context = call_context   # optional context manager factory entered around every compiled call
+        self.eager_context = None          # optional one entered around eager calls once the backend failed
         self.on_compiled = None            # optional callback once every region ran compiled
         self.backend = backend
         self.options = options
@@ -132,20 +136,27 @@ class AcceleratedModel:
         accelerated = self
 
         def forward(*args, **kwargs):
-            if accelerated.call_context is None:
-                return run(*args, **kwargs)
-            with accelerated.call_context():
-                return run(*args, **kwargs)
+            if accelerated.failed is None:
+                if accelerated.call_context is None:
+                    out = run(*args, **kwargs)
+                else:
+                    with accelerated.call_context():
+                        out = run(*args, **kwargs)
+                if out is not _EAGER:
+                    return out
+            # a failed backend leaves plain eager ComfyUI, outside this model's call context (ComfyUI's attention)
+            if accelerated.eager_context is None:
+                return eager(*args, **kwargs)
+            with accelerated.eager_context():
+                return eager(*args, **kwargs)
 
         def run(*args, **kwargs):
-            if accelerated.failed is not None:
-                return eager(*args, **kwargs)
             fn = accelerated.compiled.get(path)
             first = fn is None
             if first:
                 fn = accelerated._compile(path, module)
                 if fn is None:
-                    return eager(*args, **kwargs)
+                    return _EAGER
                 t0 = time.perf_counter()
             _mark_run_length_dynamic(args, kwargs)
             try:
@@ -154,7 +165,7 @@ class AcceleratedModel:
                 if _is_interrupt(e):
                     raise
                 accelerated._fail(e, path)
-                return eager(*args, **kwargs)
+                return _EAGER
             accelerated.compiled_calls += 1
             if first:
                 accelerated._first_call_done(path, module, fn, time.perf_counter() - t0)

@@ -36,9 +36,27 @@ def comfy_uses_slow_attention():
     return a.optimized_attention in slow
 
 
+_comfy_fallback = 0   # > 0 while a model whose backend failed runs eager: the override keeps ComfyUI's choice
+
+
 def sdpa_override(func, *args, **kwargs):
-    """transformer_options['optimized_attention_override']: run PyTorch SDPA instead of ComfyUI's choice."""
+    """transformer_options['optimized_attention_override']: run PyTorch SDPA instead of ComfyUI's choice (except in
+    the eager fall-back of a failed backend, which is plain ComfyUI). One function for every model: compiled graphs
+    guard on it."""
+    if _comfy_fallback:
+        return func(*args, **kwargs)
     return _attention().attention_pytorch(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def comfy_attention():
+    """Entered around the eager fall-back of a model whose backend failed."""
+    global _comfy_fallback
+    _comfy_fallback += 1
+    try:
+        yield
+    finally:
+        _comfy_fallback -= 1
 
 
 def _rebind_targets():
@@ -59,7 +77,9 @@ def _rebind_targets():
 
 
 def configure(patcher, choice):
-    """Apply the attention choice to this patcher. Returns (description, call_context or None)."""
+    """Apply the attention choice to this patcher. Returns (description, call_context or None). A failed backend's
+    eager fall-back runs ComfyUI's own attention either way (call_context is not entered, the override steps aside
+    inside `comfy_attention`)."""
     if choice == "comfy" or not hasattr(_attention(), "attention_pytorch"):
         return "ComfyUI's choice", None
     if choice == "auto" and not comfy_uses_slow_attention():

@@ -41,6 +41,7 @@ class ApplyDeepyTorchDiffusionModel:
             how, call_context = attention_choice.configure(m, attention)
             if accelerated is not None:
                 accelerated.call_context = call_context
+                accelerated.eager_context = attention_choice.comfy_attention
             elif call_context is not None:
                 how = "ComfyUI's choice (this ComfyUI can switch attention only inside compiled regions)"
             log.info("%s: attention: %s", label, how)
