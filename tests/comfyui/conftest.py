@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from harness import locate
+from devkit import locate
+from harness.server import TESTPACK
 
 
 @pytest.fixture(scope="session")
@@ -15,9 +16,11 @@ def comfy(tmp_path_factory):
     name, path = found[-1]   # scripts/test-matrix sets COMFYUI_PATH per checkout; a bare pytest run takes the newest
     # never write the compile cache into the (shared, read-only by convention) ComfyUI checkouts
     os.environ.setdefault("DEEPYTORCH_CACHE_DIR", os.path.join(os.path.dirname(locate.CACHE), "compile-cache"))
-    from harness import tiny_models
-    from harness.comfy_boot import Comfy
-    c = Comfy(path, str(tmp_path_factory.mktemp("comfy")), extra_argv=os.environ.get("COMFYUI_ARGS", "").split())
+    from devkit import tiny_models
+    from devkit.comfy_boot import Comfy
+    c = Comfy(path, str(tmp_path_factory.mktemp("comfy")), extra_argv=os.environ.get("COMFYUI_ARGS", "").split(),
+              packs=[("deepytorch_testpack", TESTPACK)])
+    c.sys_testpack = c.packs["deepytorch_testpack"]
     c.name = name
     c.paths = tiny_models.generate(c.models_dir)
     return c

@@ -1,4 +1,4 @@
-"""#13 attention choice of the diffusion node: PyTorch SDPA for the accelerated model only."""
+"""The attention choice of the diffusion node: PyTorch SDPA for the accelerated model only."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""#9: the user's path in the real ComfyUI web UI, in a real browser: the real server (this package, the tiny models)
+"""The user's path in the real ComfyUI web UI, in a real browser: the real server (this package, the tiny models)
 serves its real frontend (comfyui-frontend-package) to headless Chromium from the distribution's packages, driven by
 Playwright. Search "DeepyTorch" and add a node, open our templates, queue the FLUX one and see its image.
 
@@ -11,9 +11,9 @@ import os
 import pytest
 import requests
 
-from harness import ui_to_api as u
-from harness.comfy_boot import PACKAGE_DIR_NAME
-from harness.locate import REPO_ROOT
+from devkit import ui_to_api as u
+from devkit.comfy_boot import PACKAGE_DIR_NAME
+from devkit.locate import REPO_ROOT
 
 CHROMIUM = os.environ.get("DEEPYTORCH_CHROMIUM", "/usr/bin/chromium")
 INSTALL = "apt-get install -y chromium chromium-driver"
@@ -175,7 +175,7 @@ def test_flux_template_from_the_browser_runs(page, ui_server):
                            "&& !document.querySelector('[role=dialog]')")
     ui = u.load(os.path.join(EXAMPLES, "flux_deepytorch.json"))
     assert sorted(page.evaluate("app.graph.nodes.map(n => n.type)")) == sorted(n["type"] for n in ui["nodes"])
-    # the frontend's own UI -> API conversion equals the harness's (tests/harness/ui_to_api.py)
+    # the frontend's own UI -> API conversion equals devkit's (dev/devkit/ui_to_api.py)
     frontend = page.evaluate("async () => (await app.graphToPrompt()).output")
     ours = u.convert(ui, ui_server.object_info())
     assert {k: (v["class_type"], v["inputs"]) for k, v in frontend.items()} == \

@@ -1,4 +1,5 @@
-"""#3 "Apply DeepyTorch to diffusion model" through ComfyUI's real loaders, ModelPatcher, KSampler and executor."""
+"""The "Apply DeepyTorch to diffusion model" node through ComfyUI's real loaders, ModelPatcher, KSampler and
+executor."""
 import os
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 from torch._dynamo.utils import counters
 
 from harness import workflows as wf
-from harness.tiny_models import NAMES
+from devkit.tiny_models import NAMES
 
 TOL = 1   # 1/255: float32 CPU, compiled vs eager
 

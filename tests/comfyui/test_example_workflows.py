@@ -1,6 +1,6 @@
-"""#7: the workflows shipped in example_workflows/ are what a user loads from Workflow -> Browse Templates, so they
+"""The workflows shipped in example_workflows/ are what a user loads from Workflow -> Browse Templates, so they
 are UI-format graphs; each is converted to an API prompt with the live node definitions of the running ComfyUI
-(harness.ui_to_api, no hand-kept API copies) and run through the real HTTP server on the tiny models, with only the
+(devkit.ui_to_api, no hand-kept API copies) and run through the real HTTP server on the tiny models, with only the
 size and the steps made small, once as shipped and once with the DeepyTorch nodes bypassed (mode 4)."""
 import json
 import os
@@ -9,11 +9,11 @@ import re
 import numpy as np
 import pytest
 
-from harness import ui_to_api as u
+from devkit import ui_to_api as u
+from devkit.comfy_boot import PACKAGE_DIR_NAME
+from devkit.locate import REPO_ROOT
 from harness import xflux
-from harness.comfy_boot import PACKAGE_DIR_NAME
-from harness.locate import REPO_ROOT
-from harness.tiny_models import NAMES
+from devkit.tiny_models import NAMES
 
 EXAMPLES = os.path.join(REPO_ROOT, "example_workflows")
 ACCEL = {"DeepyTorchApplyDiffusionModel", "DeepyTorchApplyVAE"}

@@ -1,8 +1,8 @@
-"""#2: the harness runs the real ComfyUI on tiny real-format models, with this package loaded."""
+"""The harness runs the real ComfyUI on tiny real-format models, with this package loaded."""
 import numpy as np
 
 from harness import workflows as wf
-from harness.tiny_models import NAMES
+from devkit.tiny_models import NAMES
 
 
 def test_package_loaded_as_custom_node(comfy):

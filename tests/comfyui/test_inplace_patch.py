@@ -1,4 +1,4 @@
-"""#4 runtime patch: ModelPatcher weight_inplace_update=True for diffusion models from ComfyUI's loaders."""
+"""The runtime patch: ModelPatcher weight_inplace_update=True for diffusion models from ComfyUI's loaders."""
 import logging
 import os
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness import workflows as wf
-from harness.tiny_models import NAMES
+from devkit.tiny_models import NAMES
 
 
 @pytest.fixture

@@ -1,30 +1,19 @@
-"""#11 "DeepTorch Sampler to replace XlabsSampler" through the real ComfyUI (in-process executor and real server).
-
-- in-process (float32 CPU, no x-flux needed): the latents against a reference computed here from the formulas
-  with ComfyUI's own FLUX forward; determinism, true CFG, denoise_strength, image_to_image_strength, XLabs' crash
-  cases, acceleration (compiled code ran), progress, Cancel, errors.
-- with x-flux-comfyui (scripts/get-xflux): a real server with --fp16-unet and x-flux-comfyui loaded, our sampler and
-  XlabsSampler in one graph, latents compared; in-process, XLabs' own sampling functions on XLabs' blocks and an
-  XLabs ControlNet as reference for the block-by-block path.
+"""The "DeepTorch Sampler to replace XlabsSampler" node through the real ComfyUI's in-process executor (float32 CPU,
+no x-flux-comfyui needed): its interface; the latents against a reference computed here from the formulas with
+ComfyUI's own FLUX forward; determinism, true CFG, denoise_strength, image_to_image_strength, XLabs' crash cases,
+acceleration (compiled code ran), progress, Cancel, errors; the block-by-block path against forward_orig.
+Parity with XLabs' XlabsSampler itself (x-flux-comfyui): test_sampler_xflux_parity.py.
 """
-import importlib
 import math
-import os
-import sys
 import types
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
+from comfyui.sampler_helpers import GUIDANCE, NODE, graph, i2i_latent, sample_direct, saved_latent, write_i2i_latent
+from comfyui.sampler_helpers import parts  # noqa: F401 (a pytest fixture, requested by name)
+from devkit.tiny_models import NAMES
 from harness import workflows as wf
-from harness import xflux as xflux_harness
-from harness.tiny_models import NAMES
-
-NODE = "DeepTorchXlabsSampler"
-XFLUX_DIR = xflux_harness.XFLUX_DIR
-I2I_LATENT = "deepytorch_sampler_i2i.latent"
-GUIDANCE = 3.5
 
 # XlabsSampler's interface (x-flux-comfyui nodes.py), in order
 REQUIRED = [("model", "MODEL", {}), ("conditioning", "CONDITIONING", {}), ("neg_conditioning", "CONDITIONING", {}),
@@ -38,61 +27,6 @@ OPTIONAL = [("latent_image", "LATENT", {"default": None}), ("controlnet_conditio
                                                              {"default": None})]
 
 
-# -- graphs ----------------------------------------------------------------------------------------------------
-def sampler_inputs(seed=0, steps=4, cfg_start=20, true_gs=3.0, i2i=0.0, denoise=1.0):
-    return {"noise_seed": seed, "steps": steps, "timestep_to_start_cfg": cfg_start, "true_gs": true_gs,
-            "image_to_image_strength": i2i, "denoise_strength": denoise}
-
-
-def graph(samplers=(NODE,), latent="empty4", width=64, height=64, batch=1, accel=None, prefix="xs", **kw):
-    """UNETLoader + FLUX text encoders + FluxGuidance + a latent + sampler(s) -> SaveLatent (node '<sampler id>0').
-    latent: 'empty4' (EmptyLatentImage, as XLabs' workflows), 'empty16' (EmptySD3LatentImage), 'i2i' (LoadLatent of
-    I2I_LATENT), None (not connected)."""
-    p = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": NAMES["flux_unet"], "weight_dtype": "default"}},
-        "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": NAMES["clip_l"], "clip_name2": NAMES["t5"],
-                                                         "type": "flux"}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a tiny red fox", "clip": ["2", 0]}},
-        "5": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["4", 0], "guidance": GUIDANCE}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 0]}},
-    }
-    if latent == "empty4":
-        p["7"] = {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}}
-    elif latent == "empty16":
-        p["7"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": width, "height": height,
-                                                                  "batch_size": batch}}
-    elif latent == "i2i":
-        p["7"] = {"class_type": "LoadLatent", "inputs": {"latent": I2I_LATENT}}
-    model = ["1", 0]
-    if accel is not None:
-        p["21"] = {"class_type": wf.ACCEL_NODE, "inputs": {"model": model, **accel}}
-        model = ["21", 0]
-    for i, cls in enumerate(samplers):
-        nid = str(9 + 10 * i)
-        inputs = {"model": model, "conditioning": ["5", 0], "neg_conditioning": ["6", 0], **sampler_inputs(**kw)}
-        if latent is not None:
-            inputs["latent_image"] = ["7", 0]
-        p[nid] = {"class_type": cls, "inputs": inputs}
-        p[nid + "0"] = {"class_type": "SaveLatent", "inputs": {"samples": [nid, 0],
-                                                               "filename_prefix": f"{prefix}_{cls}"}}
-    return p
-
-
-def saved_latent(output_dir, entry, node="90"):
-    f = entry["outputs"][node]["latents"][0]
-    return load_file(os.path.join(output_dir, f["subfolder"], f["filename"]))["latent_tensor"]
-
-
-def i2i_latent():
-    """A fixed 16-channel latent (seeded), in ComfyUI's latent space."""
-    return torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(42)) * 0.5
-
-
-def write_i2i_latent(input_dir):
-    save_file({"latent_tensor": i2i_latent(), "latent_format_version_0": torch.tensor([])},
-              os.path.join(input_dir, I2I_LATENT))
-
-
 @pytest.fixture
 def sample(comfy):
     """Run a graph in-process, return our sampler's latent."""
@@ -104,19 +38,6 @@ def sample(comfy):
 
 
 # -- the reference: formulas + ComfyUI's own FLUX forward (float32) --------------------------------------------
-@pytest.fixture(scope="module")
-def parts(comfy):
-    """The tiny FLUX model and the two conditionings, loaded with ComfyUI's own node classes."""
-    n = comfy.nodes.NODE_CLASS_MAPPINGS
-    model = n["UNETLoader"]().load_unet(NAMES["flux_unet"], "default")[0]
-    clip = n["DualCLIPLoader"]().load_clip(NAMES["clip_l"], NAMES["t5"], "flux")[0]
-    enc = n["CLIPTextEncode"]()
-    pos = enc.encode(clip, "a tiny red fox")[0]
-    neg = enc.encode(clip, "blurry")[0]
-    pos = [[pos[0][0], dict(pos[0][1], guidance=GUIDANCE)]]   # what FluxGuidance does
-    return types.SimpleNamespace(model=model, pos=pos, neg=neg)
-
-
 def reference(parts, seed=0, steps=4, cfg_start=20, true_gs=3.0, i2i=None, strength=0.0, denoise=1.0, h=8, w=8):
     """The XLabs sampling written out from the formulas, calling ComfyUI's Flux.forward (which packs by itself)."""
     import comfy.model_management as mm
@@ -294,17 +215,6 @@ def test_cancel_mid_run_raises_comfy_interrupt(comfy, sample, parts, progress_ho
         mm.interrupt_current_processing(False)
 
 
-def sample_direct(comfy, parts, model=None, pos=None, neg=None, latent=None, controlnet_condition=None, **kw):
-    """Our node called directly (for inputs no stock node makes: batched conditionings, 5-D latents, XLabs blocks)."""
-    n = comfy.nodes.NODE_CLASS_MAPPINGS
-    model = parts.model if model is None else model
-    pos = parts.pos if pos is None else pos
-    neg = parts.neg if neg is None else neg
-    latent = {"samples": torch.zeros(1, 4, 8, 8)} if latent is None else latent
-    return n[NODE]().sampling(model, pos, neg, latent_image=latent, controlnet_condition=controlnet_condition,
-                              **sampler_inputs(**kw))[0]["samples"]
-
-
 def test_non_flux_model_is_refused(comfy):
     p = graph()
     p["1"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": NAMES["sdxl"]}}
@@ -338,7 +248,7 @@ def test_batch_mismatch_and_bad_latent_are_refused(comfy, parts):
     assert out.shape == (2, 16, 8, 8)
 
 
-# -- the block-by-block path: XLabs' own code as reference (in-process, float32) -------------------------------
+# -- the block-by-block path against forward_orig (in-process, float32) ----------------------------------------
 def test_block_path_equals_forward_orig_on_stock_blocks(comfy, parts):
     import comfy.model_management as mm
     fmc = comfy.package.nodes.flux_model_call
@@ -353,148 +263,3 @@ def test_block_path_equals_forward_orig_on_stock_blocks(comfy, parts):
             torch.tensor([0.7, 0.3]), parts.pos[0][1]["pooled_output"].expand(2, -1), torch.tensor([3.5, 3.5]))
     with torch.no_grad():
         assert torch.equal(call.blocks(*args), call(*args))
-
-
-@pytest.fixture(scope="module")
-def xflux():
-    """x-flux-comfyui's sampling / utils modules, imported without its __init__ (which registers nodes and makes
-    model folders)."""
-    if not os.path.isfile(os.path.join(XFLUX_DIR, "sampling.py")):
-        pytest.skip(f"x-flux-comfyui not found in {XFLUX_DIR} (scripts/get-xflux)")
-    name = "deepytorch_tests_xflux"
-    if name not in sys.modules:
-        pkg = types.ModuleType(name)
-        pkg.__path__ = [XFLUX_DIR]
-        sys.modules[name] = pkg
-    try:
-        return types.SimpleNamespace(sampling=importlib.import_module(name + ".sampling"),
-                                     utils=importlib.import_module(name + ".utils"),
-                                     controlnet=importlib.import_module(name + ".xflux.src.flux.controlnet"))
-    except ImportError as e:
-        pytest.skip(f"x-flux-comfyui cannot be imported: {e}")
-
-
-def xlabs_reference(xflux, model, pos, neg, seed=0, steps=4, cfg_start=20, true_gs=3.0, containers=None):
-    """XlabsSampler.sampling's computation with XLabs' own functions (4-channel 64x64 latent, float32)."""
-    import comfy.model_management as mm
-    s = xflux.sampling
-    mm.load_models_gpu([model])
-    x = s.get_noise(1, 64, 64, device="cpu", dtype=torch.float32, seed=seed)
-    timesteps = s.get_schedule(steps, (64 // 8) * (64 // 8) // 4, shift=True)
-    inp = s.prepare(pos[0][0], pos[0][1]["pooled_output"], img=x)
-    neg_inp = s.prepare(neg[0][0], neg[0][1]["pooled_output"], img=x)
-    kw = dict(timesteps=timesteps, guidance=pos[0][1].get("guidance", 1.0), timestep_to_start_cfg=cfg_start,
-              neg_txt=neg_inp["txt"], neg_txt_ids=neg_inp["txt_ids"], neg_vec=neg_inp["vec"], true_gs=true_gs,
-              image2image_strength=0.0, orig_image=None, callback=None, width=64, height=64)
-    with torch.no_grad():
-        if containers is None:
-            x = s.denoise(model.model.diffusion_model, **inp, **kw)
-        else:
-            x = s.denoise_controlnet(model.model.diffusion_model, containers(len(timesteps)), **inp, **kw)
-    return s.unpack(x, 64, 64) / 0.3611 + 0.1159
-
-
-def test_xlabs_blocks_use_the_block_path_and_match_xlabs_code(comfy, parts, xflux, deepy_log):
-    """XLabs' LoRA / IP-adapter loaders swap the double blocks for XLabs' own (no attn_mask, a processor):
-    ComfyUI's KSampler fails with them on ComfyUI >= v0.3.8; this sampler calls them with what they accept."""
-    model = parts.model.clone()
-    for i, block in enumerate(model.model.diffusion_model.double_blocks):
-        model.add_object_patch(f"diffusion_model.double_blocks.{i}", xflux.utils.CopyDSB(block))
-    kw = dict(steps=3, cfg_start=1, true_gs=3.5)
-    out = sample_direct(comfy, parts, model, **kw)
-    assert "calling the model via blocks" in deepy_log.text
-    ref = xlabs_reference(xflux, model, parts.pos, parts.neg, **kw)
-    assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
-    # and the stock model through forward_orig: XLabs' code on it gives the same
-    stock = sample_direct(comfy, parts, **kw)
-    assert torch.equal(stock, xlabs_reference(xflux, parts.model, parts.pos, parts.neg, **kw))
-
-
-def test_xlabs_controlnet_condition_matches_xlabs_code(comfy, parts, xflux):
-    fp = xflux.controlnet.FluxParams(in_channels=64, vec_in_dim=32, context_in_dim=32, hidden_size=64, mlp_ratio=4.0,
-                                     num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000,
-                                     qkv_bias=True, guidance_embed=True)
-    torch.manual_seed(0)
-    net = xflux.controlnet.ControlNetFlux(fp)
-    with torch.no_grad():
-        for p in net.parameters():     # XLabs zero-initialises the residual layers: give them weights
-            p.copy_(torch.randn(p.shape) / max(1, p.shape[-1]) ** 0.5)
-    image = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    condition = [{"img": image, "controlnet_strength": 0.7, "model": net, "start": 0.0, "end": 1.0}]
-    kw = dict(steps=3, cfg_start=2, true_gs=2.0)
-    out = sample_direct(comfy, parts, controlnet_condition=condition, **kw)
-
-    def containers(n):
-        img = torch.nn.functional.interpolate(image, size=(64, 64), mode="bicubic")
-        return [xflux.utils.ControlNetContainer(net, img, 0.7, int(0.0 * n), int(1.0 * n))]
-    ref = xlabs_reference(xflux, parts.model, parts.pos, parts.neg, containers=containers, **kw)
-    assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
-    plain = sample_direct(comfy, parts, **kw)
-    assert (out - plain).abs().max() > 1                # the ControlNet changed the result
-
-
-# -- parity with XlabsSampler itself: real server, --fp16-unet, x-flux-comfyui loaded --------------------------
-@pytest.fixture(scope="module")
-def xlabs_server(comfy, tmp_path_factory):
-    xflux = xflux_harness
-    if not xflux.available():
-        reason = f"{xflux.MISSING}: XlabsSampler parity not checked"
-        print(reason)
-        pytest.skip(reason)
-    s = xflux.start_server(comfy, str(tmp_path_factory.mktemp("xlabs")), extra_args=["--fp16-unet"])
-    try:
-        problem = xflux.load_problem(s)
-        if problem:
-            print(problem)
-            pytest.skip(problem)
-        write_i2i_latent(os.path.join(s.base_dir, "input"))
-        s.info = s.object_info()
-        yield s
-    finally:
-        s.stop()
-
-
-def test_object_info_interface_equals_xlabs_sampler(xlabs_server):
-    ours, theirs = xlabs_server.info[NODE], xlabs_server.info["XlabsSampler"]
-    assert ours["display_name"] == "DeepTorch Sampler to replace XlabsSampler" and ours["category"] == "DeepyTorch"
-    assert ours["output"] == theirs["output"] == ["LATENT"] and ours["output_name"] == theirs["output_name"]
-    for section in ("required", "optional"):
-        assert list(ours["input"][section]) == list(theirs["input"][section])
-        for name, spec in theirs["input"][section].items():
-            mine = ours["input"][section][name]
-            assert mine[0] == spec[0], name
-            assert {k: v for k, v in (mine[1] if len(mine) > 1 else {}).items() if k != "tooltip"} == \
-                (spec[1] if len(spec) > 1 else {}), name
-
-
-@pytest.mark.parametrize("case", [
-    dict(),                                                   # defaults, 4 steps
-    dict(cfg_start=1, true_gs=3.5),                           # true CFG from step index 1
-    dict(denoise=0.6),
-    dict(latent="i2i", i2i=0.5),                              # 16-channel latent
-    dict(seed=7, width=64, height=96),                        # second seed, non-square
-], ids=["defaults", "true_cfg", "denoise_0.6", "img2img_0.5", "seed7_64x96"])
-def test_parity_with_xlabs_sampler(xlabs_server, case):
-    entry = xlabs_server.run(graph(samplers=("XlabsSampler", NODE), prefix="parity", **case))
-    theirs = saved_latent(xlabs_server.output_dir, entry, "90")
-    ours = saved_latent(xlabs_server.output_dir, entry, "190")
-    assert theirs.dtype == torch.float16                      # XlabsSampler computed in float16 (CPU)
-    assert ours.shape == theirs.shape
-    diff = (ours.float() - theirs.float()).abs().max().item()
-    assert diff <= 1e-4, f"max abs diff {diff}"
-    assert "DeepTorch Sampler: " in xlabs_server.log() and "in float16" in xlabs_server.log()
-
-
-def test_parity_with_xlabs_sampler_on_an_xlabs_lora(xlabs_server):
-    """XLabs' "Load Flux LoRA" swaps the double blocks for XLabs' own with LoRA processors (in the shared model, for
-    good: so this runs last). Our sampler calls them block by block and still matches XlabsSampler."""
-    p = graph(samplers=("XlabsSampler", NODE, NODE), prefix="parity_lora", cfg_start=1, true_gs=3.5)
-    p["30"] = {"class_type": "FluxLoraLoader", "inputs": {"model": ["1", 0], "lora_name": NAMES["xlabs_lora"],
-                                                          "strength_model": 0.8}}
-    p["9"]["inputs"]["model"] = p["19"]["inputs"]["model"] = ["30", 0]    # "29": the same model without the LoRA
-    entry = xlabs_server.run(p)
-    theirs, ours, plain = (saved_latent(xlabs_server.output_dir, entry, n) for n in ("90", "190", "290"))
-    diff = (ours.float() - theirs.float()).abs().max().item()
-    assert diff <= 1e-4, f"max abs diff {diff}"
-    assert (ours - plain).abs().max() > 1                    # the LoRA is in effect
-    assert "in float16, calling the model via blocks" in xlabs_server.log()

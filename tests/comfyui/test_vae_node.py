@@ -1,4 +1,5 @@
-"""#5 "Apply DeepyTorch to vae model": FLUX VAE and the SDXL checkpoint's VAE, through ComfyUI's real nodes."""
+"""The "Apply DeepyTorch to vae model" node on the FLUX VAE and the SDXL checkpoint's VAE, through ComfyUI's real
+nodes."""
 import glob
 import os
 

@@ -11,6 +11,9 @@ import uuid
 
 import requests
 
+# the test-only custom-node pack (tiny-model width shim, failing test backend, x-flux LoRA shim)
+TESTPACK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testpack")
+
 
 def free_port():
     with socket.socket() as s:
@@ -28,7 +31,7 @@ class ComfyServer:
         self.log_path = os.path.join(base_dir, "server.log")
         for d in ("output", "input", "temp", "user"):
             os.makedirs(os.path.join(base_dir, d), exist_ok=True)
-        from .comfy_boot import MODEL_FOLDERS
+        from devkit.comfy_boot import MODEL_FOLDERS
         config = os.path.join(base_dir, "extra_model_paths.yaml")
         with open(config, "w") as f:
             f.write("deepytorch_tests:\n  is_default: true\n")

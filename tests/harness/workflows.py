@@ -1,5 +1,5 @@
 """API-format prompts for the tiny models (the seed's file names). Node ids are strings, as ComfyUI expects."""
-from .tiny_models import NAMES
+from devkit.tiny_models import NAMES
 
 ACCEL_NODE = "DeepyTorchApplyDiffusionModel"
 

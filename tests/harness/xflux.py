@@ -5,10 +5,11 @@ made of hard links (the cached checkout stays untouched) with the tiny XLabs LoR
 import os
 import shutil
 
-from .comfy_boot import PACKAGE_DIR_NAME, TESTPACK
-from .locate import REPO_ROOT
-from .server import ComfyServer
-from .tiny_models import FILES
+from devkit.comfy_boot import PACKAGE_DIR_NAME
+from devkit.locate import REPO_ROOT
+from devkit.tiny_models import FILES
+
+from .server import TESTPACK, ComfyServer
 
 XFLUX_DIR = os.environ.get("XFLUX_DIR") or os.path.expanduser(
     "~/.cache/comfyui-deepytorch/custom_nodes/x-flux-comfyui")
@@ -33,7 +34,7 @@ def _link_tree(src, dst):
 
 
 def start_server(comfy, base, extra_args=()):
-    """Start it (raises if it does not come up); the caller stops it. `comfy`: the booted harness.comfy_boot.Comfy
+    """Start it (raises if it does not come up); the caller stops it. `comfy`: the booted devkit.comfy_boot.Comfy
     whose tiny models the server uses."""
     comfy_dir = os.path.join(base, "comfyui")
     _link_tree(comfy.comfy_dir, comfy_dir)

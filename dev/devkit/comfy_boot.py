@@ -1,5 +1,6 @@
-"""Boot the REAL ComfyUI headless on CPU in this process, load this package as a custom node the way ComfyUI
-does, and run API-format prompts through ComfyUI's own validation and PromptExecutor.
+"""Boot the REAL ComfyUI headless in this process, load this package (and any extra custom-node packs the caller
+names, e.g. the tests' test-only pack) as custom nodes the way ComfyUI does, and run API-format prompts through
+ComfyUI's own validation and PromptExecutor. Used by the tests, the benchmark and the demo.
 
 ComfyUI holds global state: one boot per process (the test matrix runs one pytest process per checkout).
 Handles the async API of current ComfyUI and the sync one of Dec-2024 (v0.3.6 / v0.3.7) by feature detection.
@@ -14,8 +15,6 @@ import uuid
 from .locate import REPO_ROOT
 
 PACKAGE_DIR_NAME = "ComfyUI-DeepyTorch"
-HERE = os.path.dirname(os.path.abspath(__file__))
-TESTPACK = os.path.join(HERE, "testpack")
 
 # folder_paths names -> sub-folder of the models dir (the seed's layout: unet/, clip/, vae/, checkpoints/, loras/)
 MODEL_FOLDERS = {"checkpoints": "checkpoints", "diffusion_models": "unet", "unet": "unet", "vae": "vae",
@@ -27,7 +26,8 @@ def _run(result):
 
 
 class _HeadlessServer:
-    """What PromptExecutor needs of server.PromptServer: it records the messages it is sent."""
+    """A stand-in for server.PromptServer (no HTTP): what PromptExecutor needs of it; it records the messages it is
+    sent."""
 
     def __init__(self):
         self.client_id = None
@@ -47,23 +47,25 @@ class _HeadlessServer:
 
 
 class Comfy:
-    """A booted ComfyUI in this process."""
+    """A booted ComfyUI in this process. `packs`: [(folder name, directory)] of custom-node packs loaded before this
+    package (their modules end up in `self.packs[name]`); `device`: 'cpu' adds --cpu, else ComfyUI picks the GPU."""
 
-    def __init__(self, comfy_dir, base_dir, extra_argv=()):
+    def __init__(self, comfy_dir, base_dir, extra_argv=(), packs=(), device="cpu"):
         self.comfy_dir = os.path.abspath(comfy_dir)
         self.base_dir = base_dir
         self.models_dir = os.path.join(base_dir, "models")
         self.output_dir = os.path.join(base_dir, "output")
         self.input_dir = os.path.join(base_dir, "input")
         self.custom_nodes_dir = os.path.join(base_dir, "custom_nodes")
-        self._boot(list(extra_argv))
+        self.extra_packs = list(packs)
+        self._boot((["--cpu"] if device == "cpu" else []) + list(extra_argv))
 
-    def _boot(self, extra_argv):
+    def _boot(self, argv):
         if self.comfy_dir not in sys.path:
             sys.path.insert(0, self.comfy_dir)
         import comfy.options  # noqa: F401  (keeps ComfyUI from parsing pytest's argv)
         import comfy.cli_args as cli_args
-        args = cli_args.parser.parse_args(["--cpu", *extra_argv])
+        args = cli_args.parser.parse_args(argv)
         if getattr(args, "fast", None) is None and hasattr(args, "fast"):
             args.fast = set()
         for k, v in vars(args).items():   # before comfy.model_management is imported
@@ -95,8 +97,8 @@ class Comfy:
         if "init_api_nodes" in inspect.signature(nodes.init_extra_nodes).parameters:
             extra["init_api_nodes"] = False
         _run(nodes.init_extra_nodes(init_custom_nodes=False, **extra))
-        # the test pack (tiny-model shim) and this package, loaded by ComfyUI's own custom-node loader
-        for name, target in (("deepytorch_testpack", TESTPACK), (PACKAGE_DIR_NAME, REPO_ROOT)):
+        # the caller's packs, then this package, loaded by ComfyUI's own custom-node loader
+        for name, target in (*self.extra_packs, (PACKAGE_DIR_NAME, REPO_ROOT)):
             link = os.path.join(self.custom_nodes_dir, name)
             if not os.path.exists(link):
                 os.symlink(target, link)
@@ -112,13 +114,13 @@ class Comfy:
         self.execution = execution
         self.nodes = nodes
         # sys.modules name: the folder name (Dec-2024) or the folder path (current ComfyUI)
-        package_init = os.path.join(self.custom_nodes_dir, PACKAGE_DIR_NAME, "__init__.py")
-        self.package = next(m for m in list(sys.modules.values())
-                            if getattr(m, "__file__", None) == package_init)
-        testpack_init = os.path.join(self.custom_nodes_dir, "deepytorch_testpack", "__init__.py")
-        self.sys_testpack = next(m for m in list(sys.modules.values())
-                                 if getattr(m, "__file__", None) == testpack_init)
+        self.package = self._module(PACKAGE_DIR_NAME)
+        self.packs = {name: self._module(name) for name, _ in self.extra_packs}
         logging.getLogger("deepytorch").setLevel(logging.INFO)
+
+    def _module(self, folder):
+        init = os.path.join(self.custom_nodes_dir, folder, "__init__.py")
+        return next(m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == init)
 
     # -- prompts ------------------------------------------------------------------------------------------------
     def validate(self, prompt):

@@ -1,14 +1,17 @@
 """Tiny real-format models built with ComfyUI's own module classes, saved under the file names of the seed's
 workflows (models/unet/flux1-dev.safetensors, ...).
 
-Must run inside a booted ComfyUI process (harness.comfy_boot) so comfy.* is importable.
+Must run inside a booted ComfyUI process (devkit.comfy_boot) with the test pack's width shim.
 Key names are exactly those of the real checkpoints (flux1-dev.safetensors, ae.safetensors,
 clip_l.safetensors, t5xxl_*.safetensors, an SDXL checkpoint with UNet + CLIP-L + OpenCLIP-G + VAE);
 only the widths/depths are tiny.
 """
 import os
+
 import torch
 from safetensors.torch import save_file
+
+from devkit.models import fill, flux_lora, meta_state_dict, sdxl_lora
 
 # Tiny dimensions (shared convention with tiny_shim.py)
 FLUX = dict(in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32, hidden_size=64, mlp_ratio=4.0,
@@ -32,51 +35,20 @@ SDXL_UNET = dict(in_channels=4, out_channels=4, model_channels=64, num_res_block
 SD_VAE = dict(VAE, z_channels=4)
 
 
-def _fill(sd, seed=0, dtype=None):
-    """Deterministic weights for a (meta) state dict; `dtype` converts each tensor as it is made (a full-size
-    FLUX in float32 would need 48 GB at once)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in sd.items():
-        shape = tuple(v.shape)
-        lk = k.lower()
-        if ("norm" in lk or "ln_" in lk or "layer_norm" in lk) and (k.endswith(".weight") or k.endswith(".scale")):
-            t = torch.ones(shape)
-        elif k.endswith(".weight") and len(shape) == 1:   # unnamed norms (SD UNet GroupNorms: in_layers.0, out.0)
-            t = torch.ones(shape)
-        elif k.endswith(".bias"):
-            t = torch.zeros(shape)
-        elif len(shape) >= 2:
-            fan_in = 1
-            for d in shape[1:]:
-                fan_in *= d
-            t = torch.randn(shape, generator=g) / fan_in ** 0.5   # unit-variance activations
-        else:
-            t = torch.randn(shape, generator=g) * 0.02
-        out[k] = (t if dtype is None else t.to(dtype)).contiguous()
-    return out
-
-
-def _meta_sd(build):
-    with torch.device("meta"):
-        m = build()
-    return {k: v for k, v in m.state_dict().items()}
-
-
 def make_flux(dtype=torch.bfloat16):
     import comfy.ldm.flux.model as fm
     import comfy.ops
-    sd = _meta_sd(lambda: fm.Flux(operations=comfy.ops.disable_weight_init, device="meta", **FLUX))
-    return {k: v.to(dtype) for k, v in _fill(sd, 1).items()}
+    sd = meta_state_dict(lambda: fm.Flux(operations=comfy.ops.disable_weight_init, device="meta", **FLUX))
+    return {k: v.to(dtype) for k, v in fill(sd, 1).items()}
 
 
 def make_vae():
     import comfy.ldm.modules.diffusionmodules.model as ae
     import comfy.ops
-    enc = _meta_sd(lambda: ae.Encoder(**VAE))
-    dec = _meta_sd(lambda: ae.Decoder(**VAE))
+    enc = meta_state_dict(lambda: ae.Encoder(**VAE))
+    dec = meta_state_dict(lambda: ae.Decoder(**VAE))
     sd = {**{"encoder." + k: v for k, v in enc.items()}, **{"decoder." + k: v for k, v in dec.items()}}
-    return _fill(sd, 2)
+    return fill(sd, 2)
 
 
 def make_clip_l(**over):
@@ -84,8 +56,8 @@ def make_clip_l(**over):
     import comfy.clip_model, comfy.ops, comfy.sd1_clip
     cfg = json.load(open(os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_clip_config.json")))
     cfg.update(CLIP_L, **over)
-    sd = _meta_sd(lambda: comfy.clip_model.CLIPTextModel(cfg, torch.float32, "meta", comfy.ops.disable_weight_init))
-    sd = _fill(sd, 3)
+    sd = meta_state_dict(lambda: comfy.clip_model.CLIPTextModel(cfg, torch.float32, "meta", comfy.ops.disable_weight_init))
+    sd = fill(sd, 3)
     # position_ids not stored in real files; keep only parameters
     return {k: v for k, v in sd.items() if "position_ids" not in k}
 
@@ -95,8 +67,8 @@ def make_t5():
     import comfy.text_encoders.t5 as t5, comfy.ops
     cfg = json.load(open(os.path.join(os.path.dirname(t5.__file__), "t5_config_xxl.json")))
     cfg.update(T5)
-    sd = _meta_sd(lambda: t5.T5(cfg, torch.float32, "meta", comfy.ops.disable_weight_init))
-    sd = _fill(sd, 4)
+    sd = meta_state_dict(lambda: t5.T5(cfg, torch.float32, "meta", comfy.ops.disable_weight_init))
+    sd = fill(sd, 4)
     return {k: v.to(torch.float16) for k, v in sd.items()}
 
 
@@ -109,52 +81,25 @@ def make_sdxl_checkpoint():
     import comfy.ldm.modules.diffusionmodules.openaimodel as oai
     import comfy.ldm.modules.diffusionmodules.model as ae
     ops = comfy.ops.disable_weight_init
-    unet = _meta_sd(lambda: oai.UNetModel(dtype=torch.float32, device="meta", operations=ops, **SDXL_UNET))
-    out = {"model.diffusion_model." + k: v for k, v in _fill(unet, 6).items()}
+    unet = meta_state_dict(lambda: oai.UNetModel(dtype=torch.float32, device="meta", operations=ops, **SDXL_UNET))
+    out = {"model.diffusion_model." + k: v for k, v in fill(unet, 6).items()}
     # SDXL reads the penultimate layer of both encoders: they need at least 3 layers
     out.update({"conditioner.embedders.0.transformer." + k: v for k, v in make_clip_l(num_hidden_layers=3).items()
                 if k.startswith("text_model.")})
     cfg = json.load(open(os.path.join(os.path.dirname(comfy.sdxl_clip.__file__), "clip_config_bigg.json")))
     cfg.update(CLIP_G)
-    g = _meta_sd(lambda: comfy.clip_model.CLIPTextModel(cfg, torch.float32, "meta", ops))
-    g = {"clip_g.transformer." + k: v for k, v in _fill(g, 7).items() if "position_ids" not in k}
+    g = meta_state_dict(lambda: comfy.clip_model.CLIPTextModel(cfg, torch.float32, "meta", ops))
+    g = {"clip_g.transformer." + k: v for k, v in fill(g, 7).items() if "position_ids" not in k}
     g = comfy.diffusers_convert.convert_text_enc_state_dict_v20(g, "clip_g")   # HF -> OpenCLIP, as ComfyUI saves
     out.update({"conditioner.embedders.1.model." + k[len("clip_g."):]: v for k, v in g.items()})
-    enc = _meta_sd(lambda: ae.Encoder(**SD_VAE))
-    dec = _meta_sd(lambda: ae.Decoder(**SD_VAE))
+    enc = meta_state_dict(lambda: ae.Encoder(**SD_VAE))
+    dec = meta_state_dict(lambda: ae.Decoder(**SD_VAE))
     z = SD_VAE["z_channels"]
     vae = {**{"encoder." + k: v for k, v in enc.items()}, **{"decoder." + k: v for k, v in dec.items()},
            "quant_conv.weight": torch.empty(2 * z, 2 * z, 1, 1), "quant_conv.bias": torch.empty(2 * z),
            "post_quant_conv.weight": torch.empty(z, z, 1, 1), "post_quant_conv.bias": torch.empty(z)}
-    out.update({"first_stage_model." + k: v for k, v in _fill(vae, 8).items()})
+    out.update({"first_stage_model." + k: v for k, v in fill(vae, 8).items()})
     return {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in out.items()}
-
-
-def make_sdxl_lora(ckpt, rank=4):
-    """A kohya-style SDXL LoRA (lora_unet_*) on the UNet's attention projections."""
-    g = torch.Generator().manual_seed(9)
-    out = {}
-    for k, w in ckpt.items():
-        if k.startswith("model.diffusion_model.") and k.endswith((".attn1.to_q.weight", ".attn2.to_k.weight")):
-            name = "lora_unet_" + k[len("model.diffusion_model."):-len(".weight")].replace(".", "_")
-            o, i = w.shape
-            out[name + ".lora_down.weight"] = (torch.randn(rank, i, generator=g) / i ** 0.5).half()
-            out[name + ".lora_up.weight"] = (torch.randn(o, rank, generator=g) / rank ** 0.5).half()
-            out[name + ".alpha"] = torch.tensor(float(rank))
-    return out
-
-
-def make_flux_lora(flux_sd, rank=4, targets=("double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.qkv", "double_blocks.0.img_mlp.0",
-                                           "single_blocks.0.linear1", "single_blocks.0.linear2", "final_layer.linear")):
-    g = torch.Generator().manual_seed(5)
-    out = {}
-    for t in targets:
-        w = flux_sd[t + ".weight"]
-        o, i = w.shape
-        out[f"diffusion_model.{t}.lora_down.weight"] = (torch.randn(rank, i, generator=g) / i ** 0.5).to(torch.bfloat16)
-        out[f"diffusion_model.{t}.lora_up.weight"] = (torch.randn(o, rank, generator=g) / rank ** 0.5).to(torch.bfloat16)
-        out[f"diffusion_model.{t}.alpha"] = torch.tensor(float(rank))
-    return out
 
 
 def make_xlabs_flux_lora(flux_sd, rank=4):
@@ -196,8 +141,8 @@ def generate(models_dir):
     flux = make_flux()
     sdxl = make_sdxl_checkpoint()
     content = {"flux_unet": flux, "flux_vae": make_vae(), "clip_l": make_clip_l(), "t5": make_t5(), "sdxl": sdxl,
-               "xlabs_lora": make_xlabs_flux_lora(flux), "flux_lora": make_flux_lora(flux),
-               "sdxl_lora": make_sdxl_lora(sdxl)}
+               "xlabs_lora": make_xlabs_flux_lora(flux), "flux_lora": flux_lora(flux),
+               "sdxl_lora": sdxl_lora(sdxl)}
     for key, sd in content.items():
         save_file(sd, paths[key])
     return paths

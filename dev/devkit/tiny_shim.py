@@ -1,11 +1,13 @@
-"""TEST-ONLY shim that lets REAL ComfyUI load *tiny* models (never shipped in the package; see tests/README.md).
+"""Development shim that lets REAL ComfyUI load *tiny* models (the tests, the demo; never imported by the node pack;
+see README.md, "How it is tested").
 
 ComfyUI hard-codes the widths of FLUX (hidden 3072 / 24 heads / T5 context 4096), of T5-XXL
 (t5_config_xxl.json: 24 x 4096), of CLIP-L (sd1_clip_config.json: 12 x 768) and of the SD/FLUX VAE
 (ch=128, ch_mult=[1,2,4,4]), and it matches SD UNets to a model family by exact widths (SDXL: 320 channels,
-context 2048, ADM 2816).  Key *names* are what ComfyUI's detection looks at; the widths are fixed.  This shim keeps every code path of ComfyUI (detection, loaders, ModelPatcher, samplers,
-LoRA patching, VAE tiling ...) and only swaps the hard-coded width numbers for the ones read from
-the tensors' shapes when a file is smaller than the real model.  Real-size files are untouched.
+context 2048, ADM 2816).  Key *names* are what ComfyUI's detection looks at; the widths are fixed.  This shim keeps
+every code path of ComfyUI (detection, loaders, ModelPatcher, samplers, LoRA patching, VAE tiling ...) and only swaps the hard-coded width numbers for the ones read from
+the tensors' shapes when a file is smaller than the real model (the diffusion-model part is devkit.widths, which the
+benchmark uses too).  Real-size files are untouched.
 
 install() must be called after `comfy.sd` is importable (i.e. after cli args are set) and before
 any model is loaded.
@@ -14,6 +16,8 @@ import contextvars
 import functools
 import json
 import os
+
+from . import widths
 
 _TE_SDS = contextvars.ContextVar("tiny_te_state_dicts", default=None)
 _CKPT_TE = contextvars.ContextVar("tiny_checkpoint_te_dims", default=None)   # {"sd1_clip_config.json": dims, ...}
@@ -25,22 +29,6 @@ def _count(keys, fmt):
     while any(k.startswith(fmt.format(n)) for k in keys):
         n += 1
     return n
-
-
-def flux_dims(sd, prefix=""):
-    hidden = sd[f"{prefix}img_in.weight"].shape[0]
-    head_dim = sd[f"{prefix}double_blocks.0.img_attn.norm.key_norm.scale"].shape[0]
-    b = (head_dim * 7 // 16) // 2 * 2          # 128 -> [16, 56, 56] like real FLUX
-    out = {
-        "hidden_size": hidden,
-        "num_heads": hidden // head_dim,
-        "context_in_dim": sd[f"{prefix}txt_in.weight"].shape[1],
-        "mlp_ratio": sd[f"{prefix}double_blocks.0.img_mlp.0.weight"].shape[0] / hidden,
-        "axes_dim": [head_dim - 2 * b, b, b],
-    }
-    if f"{prefix}vector_in.in_layer.weight" in sd:   # ComfyUI <= early 2025 hard-codes 768
-        out["vec_in_dim"] = sd[f"{prefix}vector_in.in_layer.weight"].shape[1]
-    return out
 
 
 def clip_dims(sd, prefix=""):
@@ -111,34 +99,12 @@ def _write_cfg(cfg):
 def install():
     if _installed:
         return
-    import comfy.model_detection as md
     import comfy.sd
     import comfy.sd1_clip as sd1_clip
     import comfy.ldm.modules.diffusionmodules.model as ae_model
 
-    # ---- FLUX diffusion model ----
-    orig_detect = md.detect_unet_config
-
-    @functools.wraps(orig_detect)
-    def detect_unet_config(state_dict, key_prefix, *a, **k):
-        cfg = orig_detect(state_dict, key_prefix, *a, **k)
-        if cfg is not None and cfg.get("image_model") == "flux" and f"{key_prefix}img_in.weight" in state_dict:
-            if state_dict[f"{key_prefix}img_in.weight"].shape[0] != cfg.get("hidden_size"):
-                cfg.update(flux_dims(state_dict, key_prefix))
-        return cfg
-    md.detect_unet_config = detect_unet_config
-
-    # ---- SD UNets: ComfyUI picks the family by exact widths; a tiny SDXL-shaped UNet is matched to SDXL ----
-    import comfy.supported_models as sm
-    orig_match = md.model_config_from_unet_config
-
-    @functools.wraps(orig_match)
-    def model_config_from_unet_config(unet_config, *a, **k):
-        if (unet_config.get("adm_in_channels") and unet_config.get("model_channels", 320) < 320
-                and not unet_config.get("use_temporal_attention") and len(unet_config.get("channel_mult", [])) == 3):
-            return sm.SDXL(unet_config)
-        return orig_match(unet_config, *a, **k)
-    md.model_config_from_unet_config = model_config_from_unet_config
+    # ---- FLUX / SDXL diffusion models: devkit.widths (the benchmark's narrow sizes need it too) ----
+    widths.install()
 
     # ---- checkpoints: CLIP-L / CLIP-G widths from the checkpoint's own tensors ----
     orig_guess = comfy.sd.load_state_dict_guess_config
