@@ -5,6 +5,7 @@ Nothing in the module tree is replaced: a compiled region is installed as the `f
 the caller, e.g. as a ComfyUI object patch), so parameter names, state_dict keys and LoRA keys stay exactly as they
 are, and weights patched in place are seen by the compiled code.
 """
+import os
 import re
 import threading
 import time
@@ -97,9 +98,46 @@ def _mark_run_length_dynamic(args, kwargs):
 
 _EAGER = object()   # a region's compiled path returns this when the call must run eager instead
 
+# Recompiles one compiled function may take before its regions run eager (a guard that keeps failing would otherwise
+# recompile on every prompt, up to dynamo's own limit).
+RECOMPILE_BUDGET_ENV = "DEEPYTORCH_RECOMPILE_BUDGET"
+DEFAULT_RECOMPILE_BUDGET = 8
+
+
+def recompile_budget():
+    try:
+        return max(0, int(os.environ.get(RECOMPILE_BUDGET_ENV, DEFAULT_RECOMPILE_BUDGET)))
+    except ValueError:
+        log.warning("%s=%r is not a number; using %d", RECOMPILE_BUDGET_ENV, os.environ.get(RECOMPILE_BUDGET_ENV),
+                    DEFAULT_RECOMPILE_BUDGET)
+        return DEFAULT_RECOMPILE_BUDGET
+
+
+class FullGraphBreak(RuntimeError):
+    """fullgraph is true and a region has a graph break: raised to the user (the workflow stops), never a fall-back."""
+
 
 def _is_interrupt(exc):
     return "Interrupt" in type(exc).__name__
+
+
+def _chain(exc):
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _out_of_memory(exc):
+    """The out-of-memory error in `exc`'s chain (dynamo may wrap one), or None."""
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return next((e for e in _chain(exc) if isinstance(e, oom)), None)
+
+
+def _graph_break(exc):
+    unsupported = getattr(getattr(torch._dynamo, "exc", None), "Unsupported", None)
+    return unsupported is not None and any(isinstance(e, unsupported) for e in _chain(exc))
 
 
 class AcceleratedModel:
@@ -117,7 +155,12 @@ class AcceleratedModel:
         self.compiled = {}            # path -> compiled forward
         self.first_call_s = {}        # path -> seconds of the first compiled call (includes compile)
         self.recompiles = 0
-        self.compiled_calls = 0       # calls that ran compiled code (proof the accelerated path ran)
+        self.compiled_calls = 0       # calls in which a compiled graph ran (counted by the backend's graphs)
+        self.skipped_calls = 0        # calls dynamo ran eagerly although compiled (recompile limit, skipped frame)
+        self.recompile_budget = recompile_budget()
+        self.over_budget = {}         # path -> the last recompile reason of a region that spent its budget
+        self._recompiles_by_code = {}
+        self._skip_logged = set()
         self._seen_failures = {}      # code -> guard failures already logged
         self._lock = threading.Lock()
         self._regions = 0
@@ -151,6 +194,8 @@ class AcceleratedModel:
                 return eager(*args, **kwargs)
 
         def run(*args, **kwargs):
+            if path in accelerated.over_budget:
+                return eager(*args, **kwargs)
             fn = accelerated.compiled.get(path)
             first = fn is None
             if first:
@@ -159,17 +204,19 @@ class AcceleratedModel:
                     return _EAGER
                 t0 = time.perf_counter()
             _mark_run_length_dynamic(args, kwargs)
+            graphs = getattr(fn, "deepytorch_graph_calls", None)
+            before = graphs[0] if graphs else 0
             try:
                 out = fn(*args, **kwargs)
             except Exception as e:
-                if _is_interrupt(e):
-                    raise
-                accelerated._fail(e, path)
-                return _EAGER
-            accelerated.compiled_calls += 1
+                return accelerated._route_error(e, path, module, eager, args, kwargs)
+            if graphs is None or graphs[0] > before:
+                accelerated.compiled_calls += 1
+            else:
+                accelerated._ran_eager(path, module, fn)
             if first:
                 accelerated._first_call_done(path, module, fn, time.perf_counter() - t0)
-            accelerated._check_recompiles(module, fn)
+            accelerated._check_recompiles(path, module, fn)
             return out
 
         forward.deepytorch_region = (self, path)
@@ -206,7 +253,7 @@ class AcceleratedModel:
             if self.on_compiled is not None and _graphs_compiled() > self._graphs_at_start:
                 self.on_compiled()   # only when something new was compiled
 
-    def _check_recompiles(self, module, fn):
+    def _check_recompiles(self, path, module, fn):
         failures = _guard_failures()
         if failures is None:
             return
@@ -219,8 +266,56 @@ class AcceleratedModel:
             # dynamo starts each cached entry's reason with "<frame>/<entry>:" (one per shape seen so far)
             lines = [line.strip() for line in str(reasons[-1]).strip().splitlines() if line.strip()]
             entries = [line for line in lines if re.match(r"^\d+/\d+:", line)] or lines[:1]
-            log.info("%s: recompiled %s: %s", self.label, type(module).__name__,
-                     "; ".join(entries[:4])[:600] if entries else "unknown reason")
+            reason = "; ".join(entries[:4])[:600] if entries else "unknown reason"
+            log.info("%s: recompiled %s: %s", self.label, type(module).__name__, reason)
+            spent = self._recompiles_by_code[code] = self._recompiles_by_code.get(code, 0) + 1
+            if spent > self.recompile_budget:
+                self._spend_budget(code, module, reason)
+
+    def _spend_budget(self, code, module, reason):
+        """Every region of this compiled function runs eager from now on (their image is unchanged)."""
+        paths = [p for p, f in self.compiled.items() if _code_of(f, module) is code and p not in self.over_budget]
+        for p in paths:
+            self.over_budget[p] = reason
+        log.warning("%s: region(s) %s (%s) recompiled %d times, past the recompile budget of %d (%s): they run eager "
+                    "from now on. The guard that kept failing: %s", self.label, ", ".join(paths),
+                    type(module).__name__, self._recompiles_by_code[code], self.recompile_budget,
+                    RECOMPILE_BUDGET_ENV, reason)
+
+    def _ran_eager(self, path, module, fn):
+        """dynamo ran this call eagerly (it skips a frame past its recompile limit or one it cannot compile, and says
+        so only in its own log): not counted as compiled; logged once per region."""
+        self.skipped_calls += 1
+        if path in self._skip_logged:
+            return
+        self._skip_logged.add(path)
+        failures = _guard_failures()
+        reasons = failures.get(_code_of(fn, module), ()) if failures is not None else ()
+        last = " ".join(str(reasons[-1]).split())[:400] if reasons else "none recorded"
+        log.warning("%s: region '%s' (%s) ran eager inside torch.compile: dynamo skipped it (its recompile limit, or a "
+                    "frame it cannot compile). Last recompile reason: %s", self.label, path or "<whole model>",
+                    type(module).__name__, last)
+
+    def _route_error(self, exc, path, module, eager, args, kwargs):
+        """An error from a compiled region goes where it belongs: an interrupt or an out-of-memory error propagates
+        (ComfyUI's own handling: VAE Decode retries tiled), a graph break under fullgraph is the user's error, an
+        error the same call also raises eagerly is the user's (it propagates with its own message and the model stays
+        accelerated); only what eager does not raise is the backend's (this model falls back to eager)."""
+        if _is_interrupt(exc):
+            raise exc
+        oom = _out_of_memory(exc)
+        if oom is not None:
+            raise oom
+        if self.options.fullgraph and _graph_break(exc):
+            raise FullGraphBreak(f"{self.label}: fullgraph is true, but region '{path or '<whole model>'}' "
+                                 f"({type(module).__name__}) has a graph break: {_summary(exc)}. Set the DeepyTorch "
+                                 "node's input 'fullgraph' to false to let torch.compile split the graph there.") from exc
+        # raises the user's own error, if it is one; on copies, since blocks may update their inputs in place (current
+        # ComfyUI's FLUX blocks do) and the real call still follows
+        copies = torch.utils._pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, (args, kwargs))
+        eager(*copies[0], **copies[1])
+        self._fail(exc, path)
+        return _EAGER
 
     def _fail(self, exc, path):
         if self.failed is None:

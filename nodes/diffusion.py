@@ -19,7 +19,9 @@ class ApplyDeepyTorchDiffusionModel:
                       "sampler). whole: compile the whole diffusion model as one graph (ComfyUI's samplers only: "
                       "the DeepTorch Sampler / XlabsSampler call the FLUX transformer below it)."}),
             "fullgraph": ("BOOLEAN", {"default": False, "tooltip":
-                          "Require one graph per compiled region (errors instead of graph breaks)."}),
+                          "Require one graph per compiled region: a graph break stops the workflow with an error "
+                          "naming the region and the break (no fall-back to eager). false: torch.compile splits the "
+                          "graph there and runs the rest compiled."}),
             "attention": (attention_choice.ATTENTION_CHOICES, {"default": "auto", "tooltip":
                           "auto: PyTorch SDPA where ComfyUI would use its slower sub-quadratic/split attention "
                           "(e.g. on CPU), else ComfyUI's choice. comfy: never change it. sdpa: always SDPA. "

@@ -88,23 +88,69 @@ def parameter_shapes(module):
     return tuple((name, tuple(p.shape), str(p.dtype)) for name, p in module.named_parameters())
 
 
+def _counted(compiled, counter):
+    """The backend's compiled graph, counting its calls: the proof that compiled code ran (dynamo runs a frame it
+    skipped - recompile limit, a frame it cannot compile - eagerly, and nothing else would tell)."""
+    def graph(*args):
+        counter[0] += 1
+        return compiled(*args)
+    if hasattr(compiled, "_boxed_call"):   # dynamo's calling convention travels with the callable
+        graph._boxed_call = compiled._boxed_call
+    return graph
+
+
+_counting_inductor = None
+
+
+def _counting_backend(backend_name, mode, options, dynamic, counter):
+    """The backend torch.compile gets: the named one, with its compiled graphs counted (`counter`). For inductor a
+    subclass of torch.compile's own inductor wrapper (the same mode / options handling and config identity), where
+    this torch has it (feature-detected; else the backend name, uncounted)."""
+    global _counting_inductor
+    if backend_name == "inductor":
+        base = getattr(torch, "_TorchCompileInductorWrapper", None)
+        if base is None:
+            return None
+        if _counting_inductor is None:
+            class CountingInductor(base):
+                def __call__(self, model_, inputs_, **kwargs):
+                    return _counted(super().__call__(model_, inputs_, **kwargs), self.deepytorch_counter)
+            _counting_inductor = CountingInductor
+        backend = _counting_inductor(mode, options, dynamic)
+        backend.deepytorch_counter = counter
+        return backend
+    inner = torch._dynamo.lookup_backend(backend_name)
+
+    def backend(gm, example_inputs):
+        return _counted(inner(gm, example_inputs), counter)
+    return backend
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_forward(cls, backend_name, options, cpu_passes=False, shapes=None):
     # One compiled function per block class and parameter shapes: identical blocks share the compiled code (and its
     # cache entries).
     kwargs = options.torch_compile_kwargs()
-    if backend_name != "inductor":
-        kwargs.pop("mode", None)
-    elif cpu_passes:
-        inductor_options = cpu_passes_module.inductor_options(kwargs.get("mode", "default"))
+    mode = kwargs.pop("mode", None)
+    inductor_options = None
+    if backend_name == "inductor" and cpu_passes:
+        inductor_options = cpu_passes_module.inductor_options(mode or "default")
         if inductor_options is not None:
-            kwargs.pop("mode", None)
-            kwargs["options"] = inductor_options
+            mode = None
     if _compile_accepts("recompile_limit"):
         kwargs["recompile_limit"] = RECOMPILE_LIMIT
     forward = private_copy(cls.forward)
-    compiled = torch.compile(forward, backend=backend_name, **kwargs)
+    counter = [0]
+    backend = _counting_backend(backend_name, mode, inductor_options, kwargs["dynamic"], counter)
+    if backend is None:   # no counting: torch.compile's own handling of the backend name
+        counter = None
+        backend = backend_name
+        if backend_name == "inductor":
+            kwargs.update({"options": inductor_options} if inductor_options is not None else
+                          {"mode": mode} if mode else {})
+    compiled = torch.compile(forward, backend=backend, **kwargs)
     compiled.deepytorch_code = getattr(forward, "__code__", None)   # where dynamo records this function's recompiles
+    compiled.deepytorch_graph_calls = counter    # [calls of its compiled graphs], or None where not countable
     return compiled
 
 

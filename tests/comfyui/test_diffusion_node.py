@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from torch._dynamo.utils import counters
 
-from harness import workflows as wf
 from devkit.tiny_models import NAMES
+from harness import workflows as wf
 
 TOL = 1   # 1/255: float32 CPU, compiled vs eager
 
@@ -163,3 +163,32 @@ def test_bypassed_node_runs_eager(comfy, run, regional):
     img = comfy.image(run(p), "11")
     assert np.array_equal(img, eager)
     assert regional.latest("Flux") is acc_before
+
+
+def test_user_error_propagates_with_its_message_and_the_model_stays_accelerated(comfy, run, regional, deepy_log):
+    """A conditioning of the wrong width (FLUX's text encoders into SDXL) is the user's error: ComfyUI shows eager
+    ComfyUI's own message, nothing is logged as a backend failure, and the next prompt runs compiled."""
+    def wrong_width(p):
+        p["30"] = {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": NAMES["clip_l"], "clip_name2": NAMES["t5"],
+                                                              "type": "flux"}}
+        p["31"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a tiny red fox", "clip": ["30", 0]}}
+        p["9"]["inputs"]["positive"] = ["31", 0]
+        return p
+
+    with pytest.raises(RuntimeError) as eager_error:
+        run(wrong_width(wf.sdxl_t2i(prefix="d_uee")))
+    eager_message = str(eager_error.value).splitlines()[0]
+    assert "execution failed: RuntimeError: " in eager_message
+    run(wf.sdxl_t2i(prefix="d_ue1", accel=wf.accel_inputs()))
+    acc = regional.latest("SDXL")
+    calls = acc.compiled_calls
+    deepy_log.clear()
+    with pytest.raises(RuntimeError) as got:
+        run(wrong_width(wf.sdxl_t2i(prefix="d_ue2", accel=wf.accel_inputs())), fresh=False)
+    assert str(got.value).splitlines()[0] == eager_message
+    assert acc.failed is None and "failed in region" not in deepy_log.text
+    img = comfy.image(run(wf.sdxl_t2i(prefix="d_ue3", seed=3, accel=wf.accel_inputs()), fresh=False), "11")
+    assert regional.latest("SDXL") is acc and acc.failed is None and acc.compiled_calls > calls
+    eager = comfy.image(run(wf.sdxl_t2i(prefix="d_ue4", seed=3)), "11")
+    assert np.abs(img - eager).max() <= 1
+

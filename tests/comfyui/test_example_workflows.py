@@ -12,8 +12,8 @@ import pytest
 from devkit import ui_to_api as u
 from devkit.comfy_boot import PACKAGE_DIR_NAME
 from devkit.locate import REPO_ROOT
-from harness import xflux
 from devkit.tiny_models import NAMES
+from harness import xflux
 
 EXAMPLES = os.path.join(REPO_ROOT, "example_workflows")
 ACCEL = {"DeepyTorchApplyDiffusionModel", "DeepyTorchApplyVAE"}

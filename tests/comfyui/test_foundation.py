@@ -1,8 +1,8 @@
 """The harness runs the real ComfyUI on tiny real-format models, with this package loaded."""
 import numpy as np
 
-from harness import workflows as wf
 from devkit.tiny_models import NAMES
+from harness import workflows as wf
 
 
 def test_package_loaded_as_custom_node(comfy):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness import workflows as wf
 from devkit.tiny_models import NAMES
+from harness import workflows as wf
 
 
 @pytest.fixture

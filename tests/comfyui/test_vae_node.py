@@ -135,3 +135,28 @@ def test_failing_backend_decodes_eager_and_logs(comfy, run, latents, deepy_log):
     out = run(wf.vae_decode("sdxl", latent, accel=wf.vae_inputs(failing.FAILING), prefix="vf_c"))
     assert np.array_equal(comfy.image(out, "5"), eager)
     assert f"backend '{failing.FAILING}' failed in region 'decoder'" in deepy_log.text
+
+
+def test_out_of_memory_in_the_decoder_reaches_vae_decode_s_tiled_retry_and_stays_accelerated(comfy, run, latents,
+                                                                                              caplog):
+    """An OOM inside a compiled region is ComfyUI's to handle (VAE Decode retries tiled), not a backend failure.
+    CPU has no real OOM: the labelled test backend's graph raises torch's OOM error once."""
+    backend = comfy.sys_testpack.test_backends
+    first, oom, again = (latents[("flux", (1, 16, 32, 32), v)] for v in range(3))   # new latents: nodes re-run
+    accel = wf.vae_inputs(backend.OOM_ONCE, parts="decoder")
+    run(wf.vae_decode("flux", first, accel=accel, prefix="voom_w"))       # compile, first decode
+    acc = regional(comfy).latest()
+    assert acc.failed is None and acc.compiled_calls == 1
+    backend.arm_oom()
+    caplog.set_level("WARNING")
+    out = run(wf.vae_decode("flux", oom, accel=accel, prefix="voom_c"), fresh=False)
+    assert "Ran out of memory when regular VAE decoding, retrying with tiled VAE decoding" in caplog.text
+    assert regional(comfy).latest() is acc and acc.failed is None
+    assert "failed in region" not in caplog.text
+    tiles = acc.compiled_calls - 1
+    assert tiles >= 1                                  # the tiled retry ran the compiled decoder
+    assert comfy.image(out, "5").shape == (256, 256, 3)
+    image = comfy.image(run(wf.vae_decode("flux", again, accel=accel, prefix="voom_a"), fresh=False), "5")
+    assert acc.compiled_calls == 1 + tiles + 1         # accelerated afterwards, one untiled call
+    eager = comfy.image(run(wf.vae_decode("flux", again, prefix="voom_e")), "5")
+    assert np.abs(image - eager).max() <= TOL

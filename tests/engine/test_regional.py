@@ -205,3 +205,130 @@ def test_blocks_of_one_class_at_two_widths_compile_apart_without_recompiles(capl
     assert acc.recompiles == 1
     levels(9)
     assert acc.recompiles == 1
+
+
+# -- where errors go, what proves compiled code ran, the recompile budget ------------------------------------------
+OOM_BACKEND = "deepytorch_test_oom_once"
+_oom_armed = []
+
+
+def _oom_once(gm, example_inputs):
+    """TEST-ONLY dynamo backend: its graph raises torch's out-of-memory error while armed (no real OOM on CPU)."""
+    def run(*args):
+        if _oom_armed:
+            _oom_armed.pop()
+            raise torch.OutOfMemoryError("deliberate out-of-memory of the test backend")
+        return gm.forward(*args)
+    return run
+
+
+def _accelerated(backend="eager", width=16, **options):
+    """Two blocks compiled with a dynamo backend (default: dynamo's 'eager', which compiles fast: a traced graph run
+    as is - still counted as a compiled graph, not as an eager call)."""
+    torch._dynamo.reset()
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([Block(width) for _ in range(2)])
+    acc = regional.AcceleratedModel("Errors", backends.DynamoBackend(backend), CompileOptions(**options))
+    install(model, acc)
+    return model, acc
+
+
+def _run(model, x):
+    with torch.inference_mode():
+        x = x.clone()   # an inference tensor into both blocks (else the second one's input differs in dispatch keys)
+        return model.blocks[1](model.blocks[0](x))
+
+
+def test_out_of_memory_in_a_region_propagates_and_the_model_stays_compiled():
+    if OOM_BACKEND not in torch._dynamo.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(name=OOM_BACKEND)(_oom_once)
+    model, acc = _accelerated(OOM_BACKEND)
+    _oom_armed.append(True)
+    with pytest.raises(torch.OutOfMemoryError, match="deliberate out-of-memory"):
+        _run(model, torch.randn(4, 16))
+    assert acc.failed is None and acc.compiled_calls == 0
+    _run(model, torch.randn(4, 16))          # the retry (ComfyUI: VAE Decode tiled) runs compiled
+    assert acc.failed is None and acc.compiled_calls == 2
+
+
+def test_user_error_propagates_with_its_own_message_and_the_model_stays_compiled(caplog):
+    caplog.set_level(logging.INFO, logger="deepytorch")
+    model, acc = _accelerated()
+    _run(model, torch.randn(4, 16))
+    assert acc.compiled_calls == 2
+    wrong = torch.randn(4, 12)                # a conditioning of the wrong width, say
+    with pytest.raises(RuntimeError) as eager_error:
+        type(model.blocks[0]).forward(model.blocks[0], wrong)
+    with pytest.raises(RuntimeError) as got:
+        _run(model, wrong)
+    assert str(got.value) == str(eager_error.value)       # e.g. "mat1 and mat2 shapes cannot be multiplied ..."
+    assert acc.failed is None
+    assert not [r for r in caplog.records if r.name == "deepytorch" and r.levelno >= logging.WARNING]
+    _run(model, torch.randn(4, 16))
+    assert acc.failed is None and acc.compiled_calls == 4
+
+
+class BreakingBlock(Block):
+    def forward(self, x, transformer_options=None):
+        x = self.lin(x)
+        torch._dynamo.graph_break()
+        return torch.nn.functional.gelu(x) + x
+
+
+def test_fullgraph_true_raises_on_a_graph_break_naming_the_region_false_splits_it():
+    for fullgraph in (True, False):
+        torch._dynamo.reset()
+        model = torch.nn.Module()
+        model.blocks = torch.nn.ModuleList([BreakingBlock(), BreakingBlock()])
+        acc = regional.AcceleratedModel("Breaks", backends.DynamoBackend("eager"), CompileOptions(fullgraph=fullgraph))
+        install(model, acc)
+        x = torch.randn(4, 16)
+        if fullgraph:
+            with pytest.raises(regional.FullGraphBreak, match=r"^Breaks: fullgraph is true, but region 'blocks.0' "
+                                                              r"\(BreakingBlock\) has a graph break: .*Set the "
+                                                              r"DeepyTorch node's input 'fullgraph' to false"):
+                _run(model, x)
+            assert acc.failed is None
+        else:
+            out = _run(model, x)
+            assert acc.failed is None and acc.compiled_calls == 2
+            torch.testing.assert_close(out, type(model.blocks[1]).forward(
+                model.blocks[1], type(model.blocks[0]).forward(model.blocks[0], x)))
+
+
+def test_calls_dynamo_runs_eagerly_are_not_counted_as_compiled(caplog, monkeypatch):
+    """Past dynamo's own recompile limit it runs new shapes eagerly and says so only in its log."""
+    caplog.set_level(logging.INFO, logger="deepytorch")
+    monkeypatch.setattr(backends.inductor, "RECOMPILE_LIMIT", 2)
+    backends.inductor._compiled_forward.cache_clear()
+    model, acc = _accelerated(dynamic="false")
+    acc.recompile_budget = 100           # dynamo's limit first
+    for rows in (1, 2):
+        _run(model, torch.randn(rows, 16))
+    assert acc.compiled_calls == 4 and acc.skipped_calls == 0
+    out = _run(model, torch.randn(3, 16))   # a third static shape: past the limit of 2
+    assert acc.compiled_calls == 4 and acc.skipped_calls == 2
+    assert "DeepyTorch: Errors: region 'blocks.0' (Block) ran eager inside torch.compile: dynamo skipped it" in caplog.text
+    assert out.shape == (3, 16)
+    backends.inductor._compiled_forward.cache_clear()
+
+
+def test_past_the_recompile_budget_regions_run_eager_with_a_warning_naming_them(caplog, monkeypatch):
+    caplog.set_level(logging.INFO, logger="deepytorch")
+    monkeypatch.setenv(regional.RECOMPILE_BUDGET_ENV, "2")
+    model, acc = _accelerated(dynamic="false")
+    assert acc.recompile_budget == 2
+    for rows in (1, 2, 3):               # the first compile, then 2 recompiles: within the budget
+        _run(model, torch.randn(rows, 16))
+    assert acc.compiled_calls == 6 and not acc.over_budget
+    x = torch.randn(4, 16)
+    out = _run(model, x)                 # the 3rd recompile: past the budget
+    assert set(acc.over_budget) == {"blocks.0", "blocks.1"}
+    assert ("DeepyTorch: Errors: region(s) blocks.0, blocks.1 (Block) recompiled 3 times, past the recompile budget "
+            "of 2 (DEEPYTORCH_RECOMPILE_BUDGET): they run eager from now on. The guard that kept failing: ") in caplog.text
+    before = acc.compiled_calls
+    out2 = _run(model, torch.randn(5, 16))
+    assert acc.compiled_calls == before and acc.failed is None
+    ref = type(model.blocks[1]).forward(model.blocks[1], type(model.blocks[0]).forward(model.blocks[0], x))
+    torch.testing.assert_close(out, ref)
+    assert out2.shape == (5, 16)
