@@ -192,3 +192,30 @@ def test_user_error_propagates_with_its_message_and_the_model_stays_accelerated(
     eager = comfy.image(run(wf.sdxl_t2i(prefix="d_ue4", seed=3)), "11")
     assert np.abs(img - eager).max() <= 1
 
+
+def test_prompt_length_and_batch_changes_recompile_at_most_once_per_region_then_dynamic(comfy, run, regional):
+    """What users change between prompts: T5 tokens 256 -> more (a long prompt), batch 1 -> 2. Each change costs at
+    most one recompile per compiled function, then the graphs are dynamic: a third length and batch compile
+    nothing."""
+    def prompt(words, batch, prefix, accel=True, seed=0):
+        p = wf.flux_t2i(prefix=prefix, batch=batch, seed=seed, accel=wf.accel_inputs() if accel else None)
+        p["4"]["inputs"]["text"] = " ".join(["a tiny red fox in the snow"] * words)
+        return p
+
+    run(prompt(1, 1, "d_len1"), fresh=False)                 # 256 T5 tokens (ComfyUI pads FLUX prompts to 256)
+    acc = regional.latest("Flux")
+    functions = len({f.__func__ for f in acc.compiled.values()})    # double + single block: 2 compiled functions
+    run(prompt(60, 1, "d_len2"), fresh=False)                # > 256 tokens: the token dimension turns dynamic
+    assert acc.recompiles <= functions, acc.recompiles
+    after_length = acc.recompiles
+    # batch 2: one more per function - a batch-1 graph cannot be dynamic in the batch (dynamo specialises size 1)
+    run(prompt(60, 2, "d_len3"), fresh=False)
+    assert acc.recompiles - after_length <= functions, acc.recompiles
+    assert acc.failed is None and not acc.over_budget
+    calls, recompiles = acc.compiled_calls, acc.recompiles
+    counters.clear()
+    img = comfy.image(run(prompt(90, 3, "d_len4", seed=5), fresh=False), "11")
+    assert graphs() == 0 and acc.recompiles == recompiles
+    assert acc.compiled_calls == calls + 2 * 4                 # 2 steps x 4 blocks, all compiled
+    eager = comfy.image(run(prompt(90, 3, "d_len5", accel=False, seed=5)), "11")
+    assert np.abs(img - eager).max() <= 1
