@@ -7,7 +7,8 @@ Spaces: ComfyUI keeps FLUX latents in the VAE's raw space; the model works on `t
 packed into 2x2 patches: (b, 16, H, W) -> (b, H/2 * W/2, 64).
 
 Every formula reproduces XLabs' arithmetic operation by operation (python floats mixed into tensors of the compute
-dtype) so that, computed in XLabs' dtype, the latents are bit-identical to XlabsSampler's.
+dtype), so that in XLabs' dtype the latents are XlabsSampler's: equal bit for bit on ComfyUI's stock blocks in one
+process (tested with torch.equal), within 1e-4 through the server and with XLabs' own LoRA / IP-adapter blocks.
 """
 import math
 from dataclasses import dataclass, field

@@ -79,7 +79,8 @@ class _ControlNets:
 
 
 class DeepTorchXlabsSampler:
-    """XlabsSampler's inputs and results (bit-identical latents in XLabs' dtype), on any ComfyUI version,
+    """XlabsSampler's inputs and results (its latents in XLabs' dtype: bit for bit on stock blocks, else within 1e-4;
+    see engine.flux_sampling), on any ComfyUI version,
     through ComfyUI's model loading (DeepyTorch acceleration, LoRA), with progress, preview and Cancel."""
 
     @classmethod

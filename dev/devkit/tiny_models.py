@@ -125,7 +125,7 @@ FILES = {
     "t5": ("clip", "t5xxl_fp8_e4m3fn.safetensors"),
     "sdxl": ("checkpoints", "dreamshaperXL_lightningDPMSDE.safetensors"),
     "xlabs_lora": ("loras", "FLUX1_wukong_lora.safetensors"),
-    "flux_lora": ("loras", "flux_comfy_lora.safetensors"),
+    "flux_lora": ("loras", "araminta_k_flux_koda.safetensors"),
     "sdxl_lora": ("loras", "sdxl_lora.safetensors"),
 }
 NAMES = {key: file for key, (_, file) in FILES.items()}
