@@ -9,7 +9,10 @@ XFLUX_DIR ?= $(CACHE_DIR)/custom_nodes/x-flux-comfyui
 TORCHINDUCTOR_CACHE_DIR ?= $(CACHE_DIR)/inductor
 export COMFYUI_CACHE XFLUX_DIR TORCHINDUCTOR_CACHE_DIR
 
-.PHONY: all setup comfyui browser test test-engine demo bench clean-venv
+REGISTRY_VENV ?= $(CACHE_DIR)/registry-venv
+export REGISTRY_VENV
+
+.PHONY: all setup comfyui browser registry test test-engine demo bench clean-venv
 all: test
 
 # Pinned ComfyUI commits (v0.3.6, v0.3.7, current) into $(COMFYUI_CACHE); COMFYUI_REPO may name a local clone.
@@ -35,7 +38,14 @@ browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
 	  || echo "WARNING: could not install chromium (apt-get install -y chromium chromium-driver); the browser test will skip"
 
-test: setup browser
+# The Comfy Registry's own tooling (comfy-cli, pinned) in a venv of its own (it pulls uv, ruff, ...: kept out of
+# ComfyUI's), for the test that validates pyproject.toml as `comfy node publish` would (tests/engine/test_registry.py).
+registry:
+	@test -x $(REGISTRY_VENV)/bin/comfy || { $(PYTHON) -m venv $(REGISTRY_VENV) && \
+	  $(REGISTRY_VENV)/bin/python -m pip install -q --disable-pip-version-check comfy-cli==1.23.0; } \
+	  || echo "WARNING: could not install comfy-cli into $(REGISTRY_VENV); the registry test will fail"
+
+test: setup browser registry
 	$(PY) scripts/test-matrix
 
 test-engine: setup
