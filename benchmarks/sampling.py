@@ -9,6 +9,7 @@ import time
 from devkit import widths
 from sizes import SDXL_UNET, SIZES, TEXT_TOKENS, family, model_file
 
+
 class Bench:
     def __init__(self, args):
         from devkit.comfy_boot import Comfy

@@ -296,11 +296,18 @@ def test_fullgraph_true_raises_on_a_graph_break_naming_the_region_false_splits_i
                 model.blocks[1], type(model.blocks[0]).forward(model.blocks[0], x)))
 
 
-def test_calls_dynamo_runs_eagerly_are_not_counted_as_compiled(caplog, monkeypatch):
-    """Past dynamo's own recompile limit it runs new shapes eagerly and says so only in its log."""
-    caplog.set_level(logging.INFO, logger="deepytorch")
+@pytest.fixture
+def recompile_limit_2(monkeypatch):
+    """dynamo's per-function recompile limit at 2 for the functions compiled in this test (and none left behind)."""
     monkeypatch.setattr(backends.inductor, "RECOMPILE_LIMIT", 2)
     backends.inductor._compiled_forward.cache_clear()
+    yield
+    backends.inductor._compiled_forward.cache_clear()
+
+
+def test_calls_dynamo_runs_eagerly_are_not_counted_as_compiled(caplog, recompile_limit_2):
+    """Past dynamo's own recompile limit it runs new shapes eagerly and says so only in its log."""
+    caplog.set_level(logging.INFO, logger="deepytorch")
     model, acc = _accelerated(dynamic="false")
     acc.recompile_budget = 100           # dynamo's limit first
     for rows in (1, 2):
@@ -310,7 +317,6 @@ def test_calls_dynamo_runs_eagerly_are_not_counted_as_compiled(caplog, monkeypat
     assert acc.compiled_calls == 4 and acc.skipped_calls == 2
     assert "DeepyTorch: Errors: region 'blocks.0' (Block) ran eager inside torch.compile: dynamo skipped it" in caplog.text
     assert out.shape == (3, 16)
-    backends.inductor._compiled_forward.cache_clear()
 
 
 def test_past_the_recompile_budget_regions_run_eager_with_a_warning_naming_them(caplog, monkeypatch):
