@@ -5,7 +5,8 @@ VENV ?= $(CACHE_DIR)/venv
 PY := $(VENV)/bin/python
 COMFYUI_CACHE ?= $(CACHE_DIR)/comfyui
 XFLUX_DIR ?= $(CACHE_DIR)/custom_nodes/x-flux-comfyui
-# inductor's compiled kernels persist between runs (tests and demo compile the same tiny graphs)
+# inductor's compiled kernels persist between runs (tests and demo compile the same tiny graphs); DeepyTorch's own
+# precompiled regions go to DEEPYTORCH_CACHE_DIR (the tests: ~/.cache/comfyui-deepytorch/compile-cache)
 TORCHINDUCTOR_CACHE_DIR ?= $(CACHE_DIR)/inductor
 export COMFYUI_CACHE XFLUX_DIR TORCHINDUCTOR_CACHE_DIR
 

@@ -43,6 +43,19 @@ def write(results, out):
     if "recompiles_lora_swap" in d:
         lines += ["", f"DeepyTorch recompiles: LoRA strength swap {d['recompiles_lora_swap']}; 3 resolutions "
                       f"{d['recompiles_3_resolutions']} over {d['compiled_regions']} compiled regions"]
+    if d.get("starts"):
+        lines += ["", "DeepyTorch warm start (fresh processes; a new process with the cache an earlier one left):", "",
+                  "| path | cold compile s | warm start s | warm / cold | started | steady x eager-SDPA, cold process "
+                  "| steady x eager-SDPA, warm process |", "|---|---|---|---|---|---|---|"]
+        for how, st in d["starts"].items():
+            counts = st["warm"].get("start_counts") or {}
+            started = f"{st['warm'].get('start')} ({counts.get('artifacts_loaded', 0)} artifacts loaded, " \
+                      f"{counts.get('dynamo_graphs', 0)} dynamo graphs)"
+            lines.append("| " + " | ".join([
+                {"precompiled": "precompiled regions (default)", "traced": "DEEPYTORCH_PRECOMPILE=0 (re-traced)"}.get(
+                    how, how), fmt(st["cold"]["compile_s"], 1), fmt(st["warm"]["compile_s"], 2),
+                fmt(st["warm_over_cold"], 3), started, fmt(st["cold"].get("ratio_vs_eager_sdpa"), 2),
+                fmt(st["warm"].get("ratio_vs_eager_sdpa"), 2)]) + " |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)

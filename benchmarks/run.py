@@ -86,24 +86,78 @@ def phase_compile(args):
     b = Bench(args)
     w, h = args.width, args.height
     model = b.variant(args.variant)
-    setup = inductor_setup_seconds(args.device) if args.variant not in ("eager", "eager-sdpa") else 0.0
+    # cold: inductor's one-time set-up timed on its own, then the model; warm: nothing before the model, so the warm
+    # start is everything a new process pays before its first step runs at full speed (set-up included)
+    setup = inductor_setup_seconds(args.device) if args.variant not in ("eager", "eager-sdpa") and not args.warm \
+        else 0.0
     first, _, _ = b.sample(model, w, h, 1)
     second, _, _ = b.sample(model, w, h, 1, seed=1)
     model_only = max(0.0, first - second)
-    print("RESULT " + json.dumps({"variant": args.variant, "first_s": first, "step_s": second, "setup_s": setup,
-                                  "compile_s": setup + model_only, "model_compile_s": model_only,
-                                  "peak_mib": peak_memory(args.device)}))
+    result = {"variant": args.variant, "first_s": first, "step_s": second, "setup_s": setup,
+              "compile_s": setup + model_only, "model_compile_s": model_only, "peak_mib": peak_memory(args.device)}
+    if args.variant.startswith("deepytorch"):
+        acc = b.comfy.package.engine.regional.latest()
+        result.update(start=acc.start, start_counts=acc.start_counts)
+    if args.interleave:
+        # steady speed of THIS process's compiled code, as a ratio to eager SDPA steps interleaved with it (eager
+        # ComfyUI is bimodal between processes: a ratio in one process is what compares across processes)
+        reference = b.variant("eager-sdpa")
+        b.sample(reference, w, h, 1)
+        mine, theirs = [], []
+        for r in range(args.interleave):
+            mine.append(b.sample(model, w, h, args.steps, seed=r)[1])
+            theirs.append(b.sample(reference, w, h, args.steps, seed=r)[1])
+        result.update(s_per_step=statistics.median(mine), eager_sdpa_s_per_step=statistics.median(theirs),
+                      ratio_vs_eager_sdpa=statistics.median(theirs) / statistics.median(mine))
+    print("RESULT " + json.dumps(result))
 
 
-def fresh(args, variant, cache_dir):
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir, DEEPYTORCH_CACHE_DIR=cache_dir)
+def fresh(args, variant, cache_dir, env=None, interleave=0, warm=False):
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache_dir, "inductor"), DEEPYTORCH_CACHE_DIR=cache_dir,
+               **(env or {}))
     cmd = [sys.executable, os.path.abspath(__file__), "--phase", "compile", "--variant", variant, "--size", args.size,
-           "--device", args.device, "--res", f"{args.width}x{args.height}", "--cache", args.cache]
+           "--device", args.device, "--res", f"{args.width}x{args.height}", "--cache", args.cache,
+           "--steps", str(args.steps), "--interleave", str(interleave)] + (["--warm"] if warm else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{variant} compile run failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+# Warm start: the cache an earlier instance left, in a new process. 'precompiled' is the default path; 'traced' is
+# today's caches only (DEEPYTORCH_PRECOMPILE=0: dynamo traces every region again, inductor's caches skip the rest).
+STARTS = {"precompiled": {}, "traced": {"DEEPYTORCH_PRECOMPILE": "0"}}
+
+
+def compile_phases(args, results, compile_variants):
+    cache_root = tempfile.mkdtemp(prefix="deepytorch-bench-cache-")
+    interleave = args.interleave_fresh
+    for v in compile_variants:
+        starts = STARTS if v == "deepytorch" else {"precompiled": {}}
+        for how, env in starts.items():
+            cache = os.path.join(cache_root, f"{v}-{how}")
+            tag = "" if how == "precompiled" else f" ({how})"
+            say(f"{v}{tag}: cold compile in a fresh process (empty cache)")
+            cold = fresh(args, v, cache, env, interleave if v == "deepytorch" else 0)
+            entry = results["variants"].setdefault(v, {})
+            if how == "precompiled":
+                entry.update(cold_compile_s=cold["compile_s"], cold_model_compile_s=cold["model_compile_s"],
+                             inductor_setup_s=cold["setup_s"], peak_mib=cold["peak_mib"])
+            say(f"{v}{tag}: cold compile {cold['compile_s']:.1f} s (inductor's one-time set-up {cold['setup_s']:.1f} s "
+                f"+ this model {cold['model_compile_s']:.1f} s), peak {cold['peak_mib']:.0f} MiB")
+            if v != "deepytorch":
+                continue
+            say(f"{v}{tag}: warm start in a new process (the cache the cold one left)")
+            warm = fresh(args, v, cache, env, interleave, warm=True)
+            entry.setdefault("starts", {})[how] = {"cold": cold, "warm": warm,
+                                                   "warm_over_cold": warm["compile_s"] / cold["compile_s"]}
+            if how == "precompiled":
+                entry["warm_compile_s"] = warm["compile_s"]
+            say(f"{v}{tag}: warm start {warm['compile_s']:.2f} s (first step minus a steady step, one-time set-up "
+                f"included) = {warm['compile_s'] / cold['compile_s']:.3f} of cold; started {warm.get('start')} "
+                f"{warm.get('start_counts')}")
+    shutil.rmtree(cache_root, ignore_errors=True)
 
 
 # -- phase: everything, in one run ------------------------------------------------------------------------------------
@@ -112,24 +166,7 @@ def phase_main(args):
                "resolution": f"{args.width}x{args.height}", "variants": {}, "machine": platform.platform()}
     variants = [v for v in args.variants.split(",") if v]
     # 1. cold and warm compile, peak memory: fresh processes, empty / reused cache
-    compile_variants = [v for v in variants if v not in ("eager", "eager-sdpa")]
-    cache_root = tempfile.mkdtemp(prefix="deepytorch-bench-cache-")
-    for v in compile_variants:
-        say(f"{v}: cold compile in a fresh process (empty cache)")
-        cold = fresh(args, v, os.path.join(cache_root, v))
-        results["variants"].setdefault(v, {})["cold_compile_s"] = cold["compile_s"]
-        results["variants"][v]["cold_model_compile_s"] = cold["model_compile_s"]
-        results["variants"][v]["inductor_setup_s"] = cold["setup_s"]
-        results["variants"][v]["peak_mib"] = cold["peak_mib"]
-        say(f"{v}: cold compile {cold['compile_s']:.1f} s (inductor's one-time set-up {cold['setup_s']:.1f} s + "
-            f"this model {cold['model_compile_s']:.1f} s), peak {cold['peak_mib']:.0f} MiB")
-        if v == "deepytorch":
-            say(f"{v}: warm start in a new process (cache present)")
-            warm = fresh(args, v, os.path.join(cache_root, v))
-            results["variants"][v]["warm_compile_s"] = warm["compile_s"]
-            say(f"{v}: warm start {warm['compile_s']:.1f} s (set-up {warm['setup_s']:.1f} s + model "
-                f"{warm['model_compile_s']:.1f} s)")
-    shutil.rmtree(cache_root, ignore_errors=True)
+    compile_phases(args, results, [v for v in variants if v not in ("eager", "eager-sdpa")])
     for v in ("eager", "eager-sdpa"):
         if v in variants:
             results["variants"].setdefault(v, {})["peak_mib"] = fresh(args, v, tempfile.mkdtemp())["peak_mib"]
@@ -215,6 +252,10 @@ def main():
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--phase", default="main", choices=["main", "compile"])
     ap.add_argument("--variant", default=None)
+    ap.add_argument("--interleave", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--interleave-fresh", type=int, default=3,
+                    help="repeats of interleaved steps (vs eager SDPA) in each fresh DeepyTorch process (0: none)")
     args = ap.parse_args()
     gpu = args.device == "cuda"
     args.size = args.size or ("flux-dev" if gpu else "flux-deep-narrow")

@@ -2,7 +2,8 @@
 cold-started serverless instance (e.g. Function Compute with the models on NAS/OSS) skips most of the compile.
 
 The directory (DEEPYTORCH_CACHE_DIR, else a default the caller passes, e.g. inside ComfyUI's models dir) holds
-  inductor/                    TORCHINDUCTOR_CACHE_DIR: inductor's FX-graph cache, AOT-autograd cache, kernels
+  precompiled/                 precompiled regions (engine.precompiled): loaded without dynamo tracing
+  inductor/                    TORCHINDUCTOR_CACHE_DIR (unless the user set one): FX-graph / AOT-autograd caches
   inductor/triton/             TRITON_CACHE_DIR (GPU kernels)
   artifacts-<torch>-<device>.bin   torch.compiler.save_cache_artifacts() ("mega-cache"), loaded at start-up
 Entries of another torch or GPU are keyed apart (inductor's own keys include them; the artifacts file is per torch
@@ -52,29 +53,42 @@ def _writable(path):
 
 
 def configure(default_dir=None):
-    """Point torch.compile's caches at the persistent directory (once per process). Returns the directory or None."""
+    """Point torch.compile's caches at the persistent directory (once per process). Returns the directory or None.
+    A TORCHINDUCTOR_CACHE_DIR the user set stays inductor's directory; this pack's own artifacts (precompiled
+    regions, the artifacts file) still go to the persistent directory, so the user's choice never costs the warm
+    start."""
     if "dir" in _state:
         return _state["dir"]
     root = os.environ.get(ENV) or default_dir
     _state["dir"] = None
-    user_dir = _user_inductor_dir()
-    if user_dir:
-        log.info("compile cache: TORCHINDUCTOR_CACHE_DIR=%s set by the environment; using it", user_dir)
-        return None
     if not root:
         return None
-    inductor_dir = os.path.join(root, "inductor")
-    if not _writable(inductor_dir):
+    if not _writable(root):
         log.warning("compile cache: %s is not writable; using torch's default cache (compiles will not persist)",
                     root)
         return None
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
-    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(inductor_dir, "triton"))
+    user_dir = _user_inductor_dir()
+    if user_dir:
+        inductor = f"inductor's own cache: TORCHINDUCTOR_CACHE_DIR={user_dir}, set by the environment"
+    else:
+        inductor_dir = os.path.join(root, "inductor")
+        if not _writable(inductor_dir):
+            log.warning("compile cache: %s is not writable; using torch's default cache (compiles will not persist)",
+                        inductor_dir)
+            return None
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
+        os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(inductor_dir, "triton"))
+        inductor = "inductor's cache inside it"
     _state["dir"] = root
     _state["artifacts"] = os.path.join(root, f"artifacts-{_device_tag()}.bin")
     loaded = _load_artifacts(_state["artifacts"])
-    log.info("compile cache: %s (%s)", root, loaded)
+    log.info("compile cache: %s (%s; %s)", root, inductor, loaded)
     return root
+
+
+def directory():
+    """The persistent directory configure() chose, or None."""
+    return _state.get("dir")
 
 
 def _load_artifacts(path):

@@ -14,7 +14,7 @@ import weakref
 
 import torch
 
-from . import log
+from . import log, precompiled
 
 # Containers of repeated blocks, by architecture: FLUX, other DiTs / transformers.
 REGION_CONTAINERS = ("double_blocks", "single_blocks", "blocks", "layers", "transformer_blocks", "joint_blocks")
@@ -67,6 +67,22 @@ def _graphs_compiled():
 
 def _guard_failures():
     return getattr(getattr(torch._dynamo, "utils", None), "guard_failures", None)
+
+
+def _reasons(fn, code):
+    """(own, dynamo's): why this compiled function needed new code so far. `own`: a precompiled forward's reasons
+    (no dynamo frame records them); dynamo's: its guard failures for the region's code."""
+    failures = _guard_failures()
+    return (list(getattr(fn, "deepytorch_reasons", None) or ()),
+            list(failures.get(code, ())) if failures is not None else [])
+
+
+def _inductor_counts():
+    try:
+        c = torch._dynamo.utils.counters["inductor"]
+        return c["fxgraph_cache_hit"], c["fxgraph_cache_miss"]
+    except Exception:  # pragma: no cover - torch internals moved
+        return 0, 0
 
 
 def _code_of(compiled, module):
@@ -165,6 +181,8 @@ class AcceleratedModel:
         self._lock = threading.Lock()
         self._regions = 0
         self._started = None
+        self.start = None             # how this model started: 'precompiled', 'cache' or 'cold' (once all ran)
+        self.start_counts = {}        # what its compile found: artifacts loaded / baked, dynamo graphs, cache hits
         _live[:] = [r for r in _live if r() is not None] + [weakref.ref(self)]
 
     # -- installation -------------------------------------------------------------------------------------------
@@ -228,6 +246,8 @@ class AcceleratedModel:
             if self._started is None:
                 self._started = time.perf_counter()
                 self._graphs_at_start = _graphs_compiled()
+                self._stats_at_start = dict(precompiled.STATS)
+                self._inductor_at_start = _inductor_counts()
                 log.info("%s: compiling %d region(s) with backend '%s' (%s) on first use",
                          self.label, self._regions, self.backend.name, self.options)
             try:
@@ -240,37 +260,67 @@ class AcceleratedModel:
 
     def _first_call_done(self, path, module, fn, seconds):
         self.first_call_s[path] = seconds
-        failures = _guard_failures()
         code = _code_of(fn, module)
-        if failures is not None and code not in self._seen_failures:
-            self._seen_failures[code] = len(failures.get(code, ()))   # earlier ones belong to other models
+        if code not in self._seen_failures:   # earlier reasons belong to other models
+            self._seen_failures[code] = tuple(map(len, _reasons(fn, code)))
         if seconds > 0.5:
             log.info("%s: region '%s' (%s) compiled in %.1f s", self.label, path or "<whole model>",
                      type(module).__name__, seconds)
         if len(self.first_call_s) == self._regions:
-            log.info("%s: all %d region(s) compiled, %.1f s since the first one", self.label, self._regions,
-                     time.perf_counter() - self._started)
+            self._started_how(time.perf_counter() - self._started)
             if self.on_compiled is not None and _graphs_compiled() > self._graphs_at_start:
                 self.on_compiled()   # only when something new was compiled
 
-    def _check_recompiles(self, path, module, fn):
-        failures = _guard_failures()
-        if failures is None:
+    def _started_how(self, seconds):
+        """One line per model: how it started (precompiled artifacts, caches, or a cold compile), counted."""
+        stats = {k: precompiled.STATS[k] - self._stats_at_start[k] for k in precompiled.STATS}
+        hits, misses = (now - then for now, then in zip(_inductor_counts(), self._inductor_at_start))
+        graphs = _graphs_compiled() - self._graphs_at_start
+        self.start_counts = {"artifacts_loaded": stats["loads"], "artifacts_compiled": stats["bakes"],
+                             "artifacts_ignored": stats["ignored"], "dynamo_graphs": graphs,
+                             "inductor_cache_hits": hits, "inductor_cache_misses": misses, "seconds": seconds}
+        if stats["loads"] and not stats["bakes"] and not graphs:
+            self.start = "precompiled"
+            log.info("%s: %d region(s) started from %d precompiled artifact(s) in %.1f s (no dynamo tracing)",
+                     self.label, self._regions, stats["loads"], seconds)
             return
+        if not (stats["loads"] or stats["bakes"] or graphs or hits or misses):
+            self.start = "cache"   # every region found code compiled earlier in this process
+            log.info("%s: all %d region(s) ready in %.1f s (code compiled earlier in this process)", self.label,
+                     self._regions, seconds)
+            return
+        self.start = "cache" if (hits or stats["loads"]) and not (misses or stats["bakes"]) else "cold"
+        parts = []
+        if stats["bakes"]:
+            parts.append(f"{stats['bakes']} precompiled artifact(s) compiled and saved")
+        if stats["loads"]:
+            parts.append(f"{stats['loads']} loaded")
+        if graphs:
+            parts.append(f"{graphs} dynamo graph(s)")
+        parts.append(f"inductor cache {hits} hit(s) / {misses} miss(es)")
+        log.info("%s: all %d region(s) compiled, %.1f s since the first one (%s)", self.label, self._regions,
+                 seconds, ", ".join(parts))
+
+    def _check_recompiles(self, path, module, fn):
         code = _code_of(fn, module)
         seen = self._seen_failures.get(code)
-        reasons = failures.get(code, ())
-        if seen is not None and len(reasons) > seen:
-            self._seen_failures[code] = len(reasons)
-            self.recompiles += 1
-            # dynamo starts each cached entry's reason with "<frame>/<entry>:" (one per shape seen so far)
-            lines = [line.strip() for line in str(reasons[-1]).strip().splitlines() if line.strip()]
-            entries = [line for line in lines if re.match(r"^\d+/\d+:", line)] or lines[:1]
-            reason = "; ".join(entries[:4])[:600] if entries else "unknown reason"
-            log.info("%s: recompiled %s: %s", self.label, type(module).__name__, reason)
-            spent = self._recompiles_by_code[code] = self._recompiles_by_code.get(code, 0) + 1
-            if spent > self.recompile_budget:
-                self._spend_budget(code, module, reason)
+        own, dynamo = _reasons(fn, code)
+        if seen is None:
+            return
+        grew = len(own) > seen[0], len(dynamo) > seen[1]
+        self._seen_failures[code] = (len(own), len(dynamo))   # (dynamo's records shrink when it is reset)
+        if not any(grew):
+            return
+        latest = own[-1] if grew[0] else dynamo[-1]   # one call: one recompile, its latest reason
+        self.recompiles += 1
+        # dynamo starts each cached entry's reason with "<frame>/<entry>:" (one per shape seen so far)
+        lines = [line.strip() for line in str(latest).strip().splitlines() if line.strip()]
+        entries = [line for line in lines if re.match(r"^\d+/\d+:", line)] or lines[:1]
+        reason = "; ".join(entries[:4])[:600] if entries else "unknown reason"
+        log.info("%s: recompiled %s: %s", self.label, type(module).__name__, reason)
+        spent = self._recompiles_by_code[code] = self._recompiles_by_code.get(code, 0) + 1
+        if spent > self.recompile_budget:
+            self._spend_budget(code, module, reason)
 
     def _spend_budget(self, code, module, reason):
         """Every region of this compiled function runs eager from now on (their image is unchanged)."""
@@ -289,8 +339,7 @@ class AcceleratedModel:
         if path in self._skip_logged:
             return
         self._skip_logged.add(path)
-        failures = _guard_failures()
-        reasons = failures.get(_code_of(fn, module), ()) if failures is not None else ()
+        reasons = _reasons(fn, _code_of(fn, module))[1]
         last = " ".join(str(reasons[-1]).split())[:400] if reasons else "none recorded"
         log.warning("%s: region '%s' (%s) ran eager inside torch.compile: dynamo skipped it (its recompile limit, or a "
                     "frame it cannot compile). Last recompile reason: %s", self.label, path or "<whole model>",

@@ -27,16 +27,18 @@ def remove_installed(patcher):
 
 
 def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic="auto", fullgraph=False,
-               scope="regional", parts=None, call_context=None):
+               scope="regional", parts=None, call_context=None, context=""):
     """Compile `root_key` of `patcher`'s model (lazily, on first use): its repeated blocks (scope 'regional'), all of
-    it ('whole'), or the named sub-modules `parts`. Returns the AcceleratedModel, or None when running eager."""
+    it ('whole'), or the named sub-modules `parts`. `context`: what else shapes the traced code (the attention
+    choice), part of the precompiled regions' key. Returns the AcceleratedModel, or None when running eager."""
     remove_installed(patcher)
     chosen = select_backend(backend, patcher.load_device, label)
     if chosen.name == "eager":
         log.info("%s: running eager (nothing compiled)", label)
         return None
     compile_cache.configure(default_cache_dir())
-    accelerated = AcceleratedModel(label, chosen, CompileOptions(mode=mode, dynamic=dynamic, fullgraph=fullgraph),
+    accelerated = AcceleratedModel(label, chosen, CompileOptions(mode=mode, dynamic=dynamic, fullgraph=fullgraph,
+                                                                     context=context),
                                    scope, call_context)
     accelerated.on_compiled = compile_cache.save_artifacts
     root = patcher.get_model_object(root_key) if root_key else patcher.model

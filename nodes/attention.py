@@ -59,6 +59,41 @@ def comfy_attention():
         _comfy_fallback -= 1
 
 
+def context(choice):
+    """The attention choice and ComfyUI's own, as a key for compiled code (on ComfyUI without the per-model override
+    the choice is made by rebinding module globals, which no saved guard sees)."""
+    return f"attention={choice}; comfy={getattr(_attention().optimized_attention, '__name__', '?')}"
+
+
+_vae_comfy = {}   # ComfyUI's VAE attention function, as its attention blocks chose it (one per process)
+
+
+def vae_sdpa(q, k, v):
+    """A VAE attention block's `optimized_attention` in DeepyTorch's copy of the VAE: PyTorch SDPA where ComfyUI
+    chose split attention (on CPU: it queries free memory, a graph break in every decode, and no region with a
+    graph break can be precompiled); ComfyUI's own in a failed backend's eager fall-back."""
+    if _comfy_fallback:
+        return _vae_comfy["fn"](q, k, v)
+    import comfy.ldm.modules.diffusionmodules.model as vae_model
+    return vae_model.pytorch_attention(q, k, v)
+
+
+def configure_vae(patcher, parts):
+    """Object patches for the VAE copy's attention blocks (split attention -> SDPA, see vae_sdpa). Returns how many."""
+    import comfy.ldm.modules.diffusionmodules.model as vae_model
+    slow = getattr(vae_model, "normal_attention", None)
+    if slow is None or not hasattr(vae_model, "pytorch_attention"):
+        return 0
+    count = 0
+    for part in parts:
+        for name, module in getattr(patcher.model, part).named_modules():
+            if module.__dict__.get("optimized_attention") is slow:
+                _vae_comfy["fn"] = slow
+                patcher.add_object_patch(".".join(p for p in (part, name, "optimized_attention") if p), vae_sdpa)
+                count += 1
+    return count
+
+
 def _rebind_targets():
     """(module, name) pairs of ComfyUI modules that bound a slow attention function at import time."""
     a = _attention()

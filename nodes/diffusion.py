@@ -38,7 +38,8 @@ class ApplyDeepyTorchDiffusionModel:
         m = model.clone()
         m.weight_inplace_update = True   # compiled code keeps its weight tensors: LoRA must patch them in place
         label = type(m.model).__name__
-        accelerated = accelerate(m, "diffusion_model", label, backend, mode, dynamic, fullgraph, scope)
+        accelerated = accelerate(m, "diffusion_model", label, backend, mode, dynamic, fullgraph, scope,
+                                 context=attention_choice.context(attention))
         if accelerated is not None or attention == "sdpa":   # eager + auto: the model stays exactly ComfyUI's
             how, call_context = attention_choice.configure(m, attention)
             if accelerated is not None:

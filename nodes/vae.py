@@ -2,6 +2,8 @@ import copy
 
 import torch
 
+from ..engine import log
+from . import attention
 from .accelerate import accelerate
 from .common import CATEGORY, compile_inputs
 
@@ -34,5 +36,9 @@ class ApplyDeepyTorchVAE:
         if not present:
             raise ValueError(f"Apply DeepyTorch to vae model: input 'vae' has no {' or '.join(PARTS[parts])} "
                              f"module to accelerate ({type(model).__name__})")
-        accelerate(out.patcher, "", f"VAE {type(model).__name__}", backend, mode, dynamic, parts=present)
+        label = f"VAE {type(model).__name__}"
+        accelerated = accelerate(out.patcher, "", label, backend, mode, dynamic, parts=present, context="vae-sdpa")
+        if accelerated is not None and attention.configure_vae(out.patcher, present):
+            accelerated.eager_context = attention.comfy_attention
+            log.info("%s: attention: PyTorch SDPA instead of ComfyUI's split attention (in this copy only)", label)
         return (out,)

@@ -9,6 +9,7 @@ class CompileOptions:
     mode: str = "default"
     dynamic: str = "auto"          # auto: static first, dynamic after the first shape change (torch's default)
     fullgraph: bool = False
+    context: str = ""              # what else shapes the traced code (the caller's attention choice): keys caches
 
     def torch_compile_kwargs(self):
         kwargs = {"fullgraph": self.fullgraph,

@@ -6,6 +6,7 @@ import types
 
 import torch
 
+from .. import precompiled
 from . import cpu_passes as cpu_passes_module
 from .base import Backend
 
@@ -126,6 +127,16 @@ def _counting_backend(backend_name, mode, options, dynamic, counter):
     return backend
 
 
+def _inductor_settings(options, cpu_passes):
+    """(mode, inductor options) for torch.compile (it takes one or the other)."""
+    mode = options.torch_compile_kwargs().get("mode")
+    if cpu_passes:
+        inductor_options = cpu_passes_module.inductor_options(mode or "default")
+        if inductor_options is not None:
+            return None, inductor_options
+    return mode, None
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_forward(cls, backend_name, options, cpu_passes=False, shapes=None):
     # One compiled function per block class and parameter shapes: identical blocks share the compiled code (and its
@@ -133,10 +144,8 @@ def _compiled_forward(cls, backend_name, options, cpu_passes=False, shapes=None)
     kwargs = options.torch_compile_kwargs()
     mode = kwargs.pop("mode", None)
     inductor_options = None
-    if backend_name == "inductor" and cpu_passes:
-        inductor_options = cpu_passes_module.inductor_options(mode or "default")
-        if inductor_options is not None:
-            mode = None
+    if backend_name == "inductor":
+        mode, inductor_options = _inductor_settings(options, cpu_passes)
     if _compile_accepts("recompile_limit"):
         kwargs["recompile_limit"] = RECOMPILE_LIMIT
     forward = private_copy(cls.forward)
@@ -154,6 +163,17 @@ def _compiled_forward(cls, backend_name, options, cpu_passes=False, shapes=None)
     return compiled
 
 
+@functools.lru_cache(maxsize=None)
+def _precompiled_forward(cls, options, cpu_passes, shapes, directory):
+    """The class's forward through precompiled artifacts (engine.precompiled), or None where that route is off; one
+    per class and parameter shapes, like _compiled_forward (its fall-back)."""
+    dynamo = _compiled_forward(cls, "inductor", options, cpu_passes=cpu_passes, shapes=shapes)
+    mode, inductor_options = _inductor_settings(options, cpu_passes)
+    if inductor_options is None and mode:
+        inductor_options = dict(torch._inductor.list_mode_options(mode))
+    return precompiled.route(cls, shapes, options, {"backend": "inductor", "options": inductor_options or {}}, dynamo)
+
+
 class InductorBackend(DynamoBackend):
     """torch.compile with TorchInductor: C++/OpenMP kernels on CPU (plus DeepyTorch's CPU graph passes), Triton
     kernels on CUDA."""
@@ -164,6 +184,15 @@ class InductorBackend(DynamoBackend):
 
     def cpu_passes(self):
         return self.device_type == "cpu"
+
+    def compile(self, module, options):
+        directory = precompiled.store_dir()
+        if directory is not None:
+            forward = _precompiled_forward(type(module), options, self.cpu_passes(), parameter_shapes(module),
+                                           directory)
+            if forward is not None:
+                return types.MethodType(forward, module)
+        return super().compile(module, options)
 
     def available(self):
         if self.device_type == "cuda":

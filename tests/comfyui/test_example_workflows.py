@@ -181,7 +181,9 @@ def test_runs_and_matches_with_deepytorch_bypassed(name, server_for):
         log = s.log()[log_start:]
         if label == "deepytorch":
             # the diffusion model ran compiled: its regions were compiled by inductor during this prompt
-            assert re.search(r"DeepyTorch: \w+: all \d+ region\(s\) compiled", log), log[-3000:]
+            # (or, where an earlier run left them in the compile cache, started from its precompiled artifacts)
+            assert re.search(r"DeepyTorch: \w+: (all \d+ region\(s\) (compiled|ready)|\d+ region\(s\) started from "
+                             r"\d+ precompiled artifact)", log), log[-3000:]
     assert images["deepytorch"].shape == (64, 64, 3) and images["deepytorch"].std() > 5
     assert np.abs(images["deepytorch"] - images["bypassed"]).max() <= 1
 

@@ -1,0 +1,557 @@
+"""Precompiled regions: a region's compiled code saved to the compile cache and loaded by the next process without
+dynamo tracing it again (the warm start of a new serverless instance).
+
+Route: torch.compile(fullgraph=True).aot_compile(...) -> save_compiled_function / torch.compiler.load_compiled_function
+(torch >= 2.10, feature-detected). One artifact per block class + parameter shapes + input signature, shared by every
+block of that class (the block is an input: its weights are read at call time, so in-place LoRA patches are seen).
+Where this route cannot be used (older torch, a graph break, an input it cannot key safely) the region takes
+today's torch.compile path; DEEPYTORCH_PRECOMPILE=0 turns the route off.
+
+Saving drops the guards torch cannot serialize (globals, class identity, function identity). What they protected
+is put in the artifact's key instead or checked at call time:
+- the key: torch / Python / device (CPU model or GPU + CUDA + Triton), this pack's version and a hash of its
+  engine/ source, the block's class, the classes and parameter shapes / dtypes of its module tree, a hash of the
+  source files defining those classes, the compile options and the caller's context (attention choice), and the
+  input signature (shapes, dtypes, dict keys; sizes left out where the inputs are dynamic);
+- at load: the hash of every source file dynamo traced (a ComfyUI update never runs stale code);
+- at call time: the identity of functions found in the inputs (e.g. the attention override), by name.
+Anything that does not match, or cannot be read, is ignored with a log line and the region compiles.
+"""
+import contextlib
+import functools
+import glob
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+import types
+import uuid
+
+import torch
+
+from . import compile_cache, log
+
+ENV = "DEEPYTORCH_PRECOMPILE"
+FORMAT = 1
+MAGIC = b"DEEPYTORCH-PRECOMPILED\n"
+ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
+# this pack's module-name prefix (ComfyUI names a custom-node pack by its folder, or by its path on newer versions):
+# artifacts record it, a process with another install path maps it back while loading
+PACK = __name__.rpartition(".engine.")[0]
+
+# process-wide counts (tests and the start-up log read deltas of them)
+STATS = {"loads": 0, "load_s": 0.0, "bakes": 0, "bake_s": 0.0, "ignored": 0, "calls": 0}
+
+
+def supported():
+    """(bool, reason): whether this torch has the route."""
+    if not hasattr(torch.compiler, "load_compiled_function"):
+        return False, f"torch {torch.__version__} has no torch.compiler.load_compiled_function"
+    if not hasattr(torch.compile(lambda: None), "aot_compile"):
+        return False, f"torch {torch.__version__} has no torch.compile(...).aot_compile"
+    return True, "aot_compile + load_compiled_function"
+
+
+def enabled():
+    value = os.environ.get(ENV, "1").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value not in ("1", "true", "yes", "on", ""):
+        _once("env", "%s=%r is not understood (0 or 1); precompiled regions stay on", ENV, value)
+    return True
+
+
+_logged = set()
+
+
+def _once(key, msg, *args, level="info"):
+    if key not in _logged:
+        _logged.add(key)
+        getattr(log, level)(msg, *args)
+
+
+def store_dir():
+    """<compile cache>/precompiled, or None (no cache directory: the route needs one to be worth anything)."""
+    root = compile_cache.directory()
+    return os.path.join(root, "precompiled") if root else None
+
+
+# -- key ------------------------------------------------------------------------------------------------------------
+def _digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _file_hash(path):
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def engine_hash():
+    files = sorted(glob.glob(os.path.join(ENGINE_DIR, "**", "*.py"), recursive=True))
+    return _digest([(os.path.relpath(f, ENGINE_DIR), _file_hash(f)) for f in files])[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def pack_version():
+    try:
+        with open(os.path.join(os.path.dirname(ENGINE_DIR), "pyproject.toml")) as f:
+            found = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.M)
+        return found.group(1) if found else "?"
+    except OSError:
+        return "?"
+
+
+@functools.lru_cache(maxsize=None)
+def system():
+    info = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()}
+    if torch.cuda.is_available():
+        info.update(gpu=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)),
+                    cuda=torch.version.cuda)
+        try:
+            import triton
+            info["triton"] = triton.__version__
+        except ImportError:
+            info["triton"] = None
+    try:   # CPU kernels are built for this CPU's instruction set
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+        flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+        info["cpu"] = model.group(1).strip() if model else platform.processor()
+        info["cpu_flags"] = hashlib.sha256(flags.group(1).encode()).hexdigest()[:12] if flags else None
+    except OSError:
+        info["cpu"] = platform.processor()
+    return info
+
+
+def _normal(module_name):
+    """A module name with this pack's install-dependent prefix replaced."""
+    if PACK and module_name and (module_name == PACK or module_name.startswith(PACK + ".")):
+        return "<pack>" + module_name[len(PACK):]
+    return module_name
+
+
+def _class_name(cls):
+    return f"{_normal(cls.__module__)}:{cls.__qualname__}"
+
+
+def _source_files(classes):
+    files = {}
+    for cls in classes:
+        for base in cls.__mro__:
+            module = sys.modules.get(base.__module__)
+            path = getattr(module, "__file__", None)
+            if path and not path.startswith(os.path.dirname(torch.__file__)) and base.__module__ != "builtins":
+                files[_normal(base.__module__)] = _file_hash(path)
+    return files
+
+
+@functools.lru_cache(maxsize=None)
+def _class_key(cls, shapes, tree):
+    """Key part of a block class + its parameter shapes + the classes of its module tree."""
+    classes = [cls] + [c for _, c in tree]
+    return {"class": _class_name(cls), "parameters": shapes,
+            "tree": [(name, _class_name(c)) for name, c in tree], "sources": _source_files(classes)}
+
+
+def module_tree(module):
+    return tuple((name, type(m)) for name, m in module.named_modules())
+
+
+def _stable(value):
+    """A value for the key without addresses: graph-pass objects by their uuid()."""
+    if isinstance(value, dict):
+        return sorted((str(k), _stable(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    uid = getattr(value, "uuid", None)
+    return f"{type(value).__qualname__}:{uid() if callable(uid) else '?'}"
+
+
+def token(value):
+    """A name for a function or class found in the inputs (its identity guard cannot be saved), or None."""
+    if isinstance(value, types.MethodType):
+        inner = token(value.__func__)
+        return inner and f"method {inner} of {_class_name(type(value.__self__))}"
+    if isinstance(value, types.FunctionType):
+        if value.__closure__:   # a closure's captured values are part of what was traced: no name covers them
+            return None
+        return f"function {_normal(value.__module__)}:{value.__qualname__}"
+    if isinstance(value, types.BuiltinFunctionType):
+        return f"builtin {getattr(value, '__module__', None)}:{value.__qualname__}"
+    if isinstance(value, type):
+        return f"class {_class_name(value)}"
+    return None
+
+
+def signature(args, kwargs, dynamic):
+    """The input signature for the key: tensors by dtype / device / shape (no sizes where `dynamic`, or in dims
+    marked dynamic), containers by structure, functions by name, scalars by type."""
+    def sig(v):
+        if isinstance(v, torch.Tensor):
+            dims = getattr(v, "_dynamo_weak_dynamic_indices", set()) | getattr(v, "_dynamo_dynamic_indices", set())
+            shape = [v.dim()] if dynamic else [None if i in dims else s for i, s in enumerate(v.shape)]
+            return ["T", str(v.dtype), v.device.type, shape, v.requires_grad]
+        if isinstance(v, dict):
+            return ["D", [[str(k), sig(x)] for k, x in v.items()]]
+        if isinstance(v, (list, tuple)):
+            return ["L" if isinstance(v, list) else "U", [sig(x) for x in v]]
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return type(v).__name__
+        name = token(v)
+        return name or _class_name(type(v))
+    return [sig(a) for a in args], [[k, sig(v)] for k, v in kwargs.items()]
+
+
+# -- guards ---------------------------------------------------------------------------------------------------------
+class _GuardFilter:
+    """Which guards an artifact keeps. Dropped: what torch cannot serialize, and what the key already covers
+    (globals, class structure, the module tree's classes). Identity guards on functions in the inputs become
+    call-time checks by name; any other identity guard makes the region unfit for saving (`unsafe`)."""
+
+    def __init__(self):
+        from torch._dynamo.guards import CheckFunctionManager
+        self.unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+        self.checks = {}
+        self.unsafe = []
+
+    def __call__(self, entries):
+        return [self.keep(g) for g in entries]
+
+    def keep(self, g):
+        kinds = {g.guard_type, *(g.derived_guard_types or ())}
+        if g.is_global:                                  # globals: the key's source hashes and torch version
+            return False
+        if "type(" in g.name or "__mro__" in g.name:     # class structure: the key's class names + source hashes
+            return False
+        type_only = kinds <= {"TYPE_MATCH", "BUILTIN_MATCH"}
+        nested = type_only and g.has_value and type(g.value).__qualname__ != type(g.value).__name__
+        if not (kinds & self.unsupported) and not nested:
+            return True
+        if g.name.startswith("self") and type_only:
+            return False        # the module tree's classes: in the key
+        if type_only:
+            self.checks[g.name] = "type " + _class_name(type(g.value))
+            return False
+        name = token(g.value) if g.has_value else None
+        if name is None:
+            self.unsafe.append(f"{g.name} ({g.guard_type})")
+        else:
+            self.checks[g.name] = name
+        return False
+
+
+class _Unsafe(Exception):
+    """An artifact would depend on an input's identity, which no saved guard can check."""
+
+
+def _cannot_precompile(exc):
+    """Errors that say this region cannot take the precompiled route (it then takes torch.compile's own path);
+    anything else is the call's own error."""
+    dyn = torch._dynamo.exc
+    kinds = tuple(k for k in (getattr(dyn, "Unsupported", None), getattr(dyn, "PackageError", None),
+                              getattr(dyn, "RestartAnalysis", None)) if k is not None)
+    import pickle
+    return isinstance(exc, kinds + (_Unsafe, TypeError, pickle.PicklingError, NotImplementedError))
+
+
+def _aot_compile(compiled, module, args, kwargs, attempts=4):
+    """compiled.aot_compile, restarted where dynamo asks to restart its analysis (with dynamic shapes it may, e.g.
+    to turn a float into a tensor): torch.compile's own frame loop does that, aot_compile leaves it to the caller."""
+    restart = getattr(torch._dynamo.exc, "RestartAnalysis", ())
+    for attempt in range(attempts):
+        try:
+            return compiled.aot_compile(((module, *args), kwargs))
+        except restart:
+            if attempt == attempts - 1:
+                raise
+
+
+def _accessor(expr):
+    """A reader for a guard's source (`name`, `.attr`, `['key']`, `[0]` only: guards name their inputs that way)."""
+    import ast
+    steps = []
+    node = ast.parse(expr, mode="eval").body
+    while not isinstance(node, ast.Name):
+        if isinstance(node, ast.Attribute):
+            steps.append((getattr, node.attr))
+            node = node.value
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            steps.append((lambda obj, key: obj[key], node.slice.value))
+            node = node.value
+        else:
+            raise ValueError(f"unsupported guard source {expr!r}")
+    root = node.id
+
+    def read(f_locals):
+        value = f_locals[root]
+        for step, arg in reversed(steps):
+            value = step(value, arg)
+        return value
+    return read
+
+
+def _value_token(expr_value, expected):
+    if expected.startswith("type "):
+        return "type " + _class_name(type(expr_value))
+    return token(expr_value)
+
+
+class _Entry:
+    """One loaded or baked artifact."""
+
+    def __init__(self, fn, checks, path, dynamic):
+        self.fn = fn
+        self.path = path
+        self.dynamic = dynamic
+        self.checks = [(_accessor(expr), expr, expected) for expr, expected in checks.items()]
+
+    def matches(self, module, args, kwargs):
+        if not self.fn.guard_check(module, *args, **kwargs):
+            return False
+        if self.checks:
+            f_locals = self.fn.prepare_f_locals(module, *args, **kwargs)
+            for read, _, expected in self.checks:
+                try:
+                    value = read(f_locals)
+                except Exception:
+                    return False
+                if _value_token(value, expected) != expected:
+                    return False
+        return True
+
+    def why_not(self, module, args, kwargs):
+        try:
+            f_locals = self.fn.prepare_f_locals(module, *args, **kwargs)
+            parts = self.fn._artifacts.guard_manager.check_verbose(f_locals).verbose_code_parts
+            reason = "; ".join(map(str, parts)) if isinstance(parts, (list, tuple)) else str(parts)
+        except Exception as e:   # pragma: no cover - torch internals moved
+            reason = f"guards failed ({type(e).__name__})"
+        return " ".join(reason.split())[:400]
+
+
+@contextlib.contextmanager
+def _pack_aliases(baked_pack):
+    """While loading: this pack's modules also under the names the baking process gave them."""
+    added = []
+    if baked_pack and PACK and baked_pack != PACK:
+        for name in list(sys.modules):
+            if name == PACK or name.startswith(PACK + "."):
+                alias = baked_pack + name[len(PACK):]
+                if alias not in sys.modules:
+                    sys.modules[alias] = sys.modules[name]
+                    added.append(alias)
+    try:
+        yield
+    finally:
+        for alias in added:
+            sys.modules.pop(alias, None)
+
+
+def _traced_sources(fn):
+    out = {}
+    for src in getattr(fn._artifacts.source_info, "inlined_sources", ()):
+        module = sys.modules.get(src.module)
+        path = getattr(module, "__file__", None)
+        out[_normal(src.module)] = _file_hash(path) if path else None
+    return out
+
+
+def _current_module(name):
+    if name.startswith("<pack>"):
+        name = PACK + name[len("<pack>"):]
+    return sys.modules.get(name)
+
+
+def _stale_sources(recorded):
+    for name, digest in recorded.items():
+        module = _current_module(name)
+        path = getattr(module, "__file__", None)
+        if module is None or path is None or _file_hash(path) != digest:
+            return name
+    return None
+
+
+# -- the region's compiled forward ----------------------------------------------------------------------------------
+class PrecompiledForward:
+    """A block class's compiled forward through precompiled artifacts, with `dynamo` (today's torch.compile function
+    for the class) as the fall-back. Called as forward(module, *args, **kwargs)."""
+
+    def __init__(self, cls, shapes, options, compile_kwargs, dynamo, directory, context):
+        self.cls = cls
+        self.name = cls.__name__
+        self.shapes = shapes
+        self.options = options
+        self.compile_kwargs = compile_kwargs    # torch.compile kwargs (backend, options, ...) without fullgraph/dynamic
+        self.dynamo = dynamo
+        self.directory = directory
+        self.context = context
+        self.entries = []
+        self.loaded_paths = set()
+        self.broken = None                      # why this class takes the dynamo path from now on
+        self.deepytorch_graph_calls = getattr(dynamo, "deepytorch_graph_calls", None) or [0]
+        self.deepytorch_code = getattr(dynamo, "deepytorch_code", None)
+        self.deepytorch_reasons = []            # why a new artifact was needed (a "recompile")
+        from .backends.inductor import private_copy
+        self.forward = private_copy(cls.forward)
+
+    def __call__(self, module, *args, **kwargs):
+        if self.broken is None:
+            for i, entry in enumerate(self.entries):
+                if entry.matches(module, args, kwargs):
+                    if i:
+                        self.entries.insert(0, self.entries.pop(i))
+                    self.deepytorch_graph_calls[0] += 1
+                    STATS["calls"] += 1
+                    return entry.fn.fn(module, *args, **kwargs)
+            entry = self._miss(module, args, kwargs)
+            if entry is not None:
+                self.deepytorch_graph_calls[0] += 1
+                STATS["calls"] += 1
+                return entry.fn.fn(module, *args, **kwargs)
+        return self.dynamo(module, *args, **kwargs)
+
+    # -- a call no entry matches: load one from the store, else bake one ---------------------------------------
+    def _miss(self, module, args, kwargs):
+        had = bool(self.entries)
+        reason = self.entries[0].why_not(module, args, kwargs) if had else None
+        static = self._key(module, args, kwargs, False)
+        dynamic = self._key(module, args, kwargs, True) if self.options.dynamic != "false" else None
+        for key in (static, dynamic):
+            entry = key and self._load(key, module, args, kwargs)
+            if entry is not None:
+                self._note(had, reason, f"loaded {os.path.basename(entry.path)}")
+                return entry
+        # dynamic 'auto': static at first, dynamic once a class meets a second signature (torch's own rule)
+        bake_dynamic = dynamic is not None and (self.options.dynamic == "true" or had)
+        entry = self._bake(dynamic if bake_dynamic else static, module, args, kwargs, bake_dynamic)
+        if entry is not None:
+            self._note(had, reason, "compiled" + (" with dynamic shapes" if bake_dynamic else ""))
+        return entry
+
+    def _note(self, had, reason, how):
+        if had:   # a further artifact for this class in this process: counted like dynamo's recompile
+            self.deepytorch_reasons.append(f"{how}: {reason}")
+
+    def _key(self, module, args, kwargs, dynamic):
+        parts = {"format": FORMAT, "system": system(), "pack": pack_version(), "engine": engine_hash(),
+                 "block": _class_key(self.cls, self.shapes, module_tree(module)), "options": str(self.options),
+                 "context": self.context, "compile": _stable(self.compile_kwargs),
+                 "inputs": signature(args, kwargs, dynamic), "dynamic": dynamic}
+        return f"{self.name}-{_digest(parts)[:24]}{'-dyn' if dynamic else ''}"
+
+    def _load(self, key, module, args, kwargs):
+        for path in sorted(glob.glob(os.path.join(glob.escape(self.directory), key + ".*.bin"))):
+            if path in self.loaded_paths:
+                continue
+            self.loaded_paths.add(path)
+            t0 = time.perf_counter()
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+                if not data.startswith(MAGIC):
+                    raise ValueError("not a DeepyTorch precompiled artifact")
+                header, _, blob = data[len(MAGIC):].partition(b"\n")
+                meta = json.loads(header)
+                if meta.get("format") != FORMAT or meta.get("key") != key:
+                    raise ValueError("written for another key or format")
+                if len(blob) != meta.get("size"):
+                    raise ValueError(f"truncated ({len(blob)} of {meta.get('size')} bytes)")
+                stale = _stale_sources(meta.get("sources", {}))
+                if stale:
+                    raise ValueError(f"the source of {stale} changed since it was compiled")
+                with _pack_aliases(meta.get("pack_module")):
+                    import io
+                    fn = torch.compiler.load_compiled_function(io.BytesIO(blob))
+            except Exception as e:   # missing, foreign, corrupt, truncated: ignored, the region compiles
+                STATS["ignored"] += 1
+                log.info("precompiled: ignored %s (%s: %s)", os.path.basename(path), type(e).__name__,
+                         " ".join(str(e).split())[:300])
+                continue
+            STATS["loads"] += 1
+            STATS["load_s"] += time.perf_counter() - t0
+            entry = _Entry(fn, meta.get("checks", {}), path, meta.get("dynamic", False))
+            if not entry.matches(module, args, kwargs):
+                self.entries.append(entry)   # another signature's (same key): kept for later calls
+                continue
+            self.entries.insert(0, entry)
+            return entry
+        return None
+
+    def _bake(self, key, module, args, kwargs, dynamic):
+        t0 = time.perf_counter()
+        filt = _GuardFilter()
+        try:
+            options = dict(self.compile_kwargs.get("options") or {})
+            options["guard_filter_fn"] = filt
+            kw = {k: v for k, v in self.compile_kwargs.items() if k != "options"}
+            compiled = torch.compile(self.forward, fullgraph=True, options=options, **kw,
+                                     dynamic=True if dynamic else False if self.options.dynamic == "false" else None)
+            # the region's own forward (installed on the instance by the caller) stays out of the saved guard state
+            installed = module.__dict__.pop("forward", None)
+            try:
+                fn = _aot_compile(compiled, module, args, kwargs)
+            finally:
+                if installed is not None:
+                    module.__dict__["forward"] = installed
+            if filt.unsafe:
+                raise _Unsafe("inputs whose identity the artifact would need: " + ", ".join(filt.unsafe[:3]))
+        except Exception as e:
+            if not _cannot_precompile(e):   # the call's own error (e.g. a user's wrong input): routed by the caller
+                raise
+            self.broken = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            log.info("precompiled: %s takes torch.compile's own path (cannot be precompiled: %s)", self.name,
+                     self.broken)
+            return None
+        STATS["bakes"] += 1
+        STATS["bake_s"] += time.perf_counter() - t0
+        path = os.path.join(self.directory, f"{key}.{uuid.uuid4().hex[:12]}.bin")
+        entry = _Entry(fn, filt.checks, path, dynamic)
+        self._save(fn, key, path, filt.checks, dynamic)
+        self.loaded_paths.add(path)
+        self.entries.insert(0, entry)
+        return entry
+
+    def _save(self, fn, key, path, checks, dynamic):
+        try:
+            from torch._dynamo.aot_compile import AOTCompiledFunction
+            blob = AOTCompiledFunction.serialize(fn).serialized_data
+            meta = {"format": FORMAT, "key": key, "size": len(blob), "dynamic": dynamic, "checks": checks,
+                    "sources": _traced_sources(fn), "pack_module": PACK, "block": self.name,
+                    "torch": torch.__version__, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.makedirs(self.directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".baking-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(MAGIC + json.dumps(meta).encode() + b"\n" + blob)
+            os.replace(tmp, path)   # atomic: a reader sees the whole file or none
+        except Exception as e:   # read-only or full store: this process keeps the artifact in memory
+            _once(("save", self.directory), "precompiled: could not save to %s (%s: %s); regions are compiled in "
+                  "memory only", self.directory, type(e).__name__, " ".join(str(e).split())[:200], level="warning")
+
+
+def route(cls, shapes, options, compile_kwargs, dynamo, context=""):
+    """The precompiled forward for a block class, or None where the route is off / unsupported (logged once).
+    `compile_kwargs`: torch.compile's backend / options for this class (the caller caches one per class)."""
+    if not enabled():
+        _once("off", "precompiled regions are off (%s=0): regions are traced by dynamo in every process", ENV)
+        return None
+    ok, why = supported()
+    if not ok:
+        _once("unsupported", "precompiled regions unavailable (%s): regions are traced by dynamo in every process",
+              why)
+        return None
+    directory = store_dir()
+    if directory is None:
+        return None
+    return PrecompiledForward(cls, shapes, options, compile_kwargs, dynamo, directory, context)

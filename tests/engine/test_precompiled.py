@@ -1,0 +1,208 @@
+"""Precompiled regions (warm start without re-tracing): each case runs in a fresh process, as a new serverless
+instance would, on a cache directory an earlier process left. "No dynamo tracing" is read from dynamo's own counter
+of compiled frames (torch._dynamo.utils.counters["stats"]["unique_graphs"]); baked / loaded artifacts from
+engine.precompiled.STATS."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# A block class as ComfyUI writes them: its Linear is a nested class (comfy.ops.disable_weight_init.Linear), a helper
+# from another module is traced into it, and a function comes in through an options dict (the attention override).
+TOY = {
+    "toy_helpers.py": """
+        import torch
+        def act(x):
+            return torch.nn.functional.gelu(x)
+        def act2(x):
+            return torch.tanh(x)
+    """,
+    "toy_blocks.py": """
+        import torch
+        import toy_helpers
+        class ops:
+            class Linear(torch.nn.Linear):
+                pass
+        class Block(torch.nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.lin = ops.Linear(d, d)
+            def forward(self, x, transformer_options={}):
+                return x + toy_helpers.act(transformer_options["act"](self.lin(x)))
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.blocks = torch.nn.ModuleList([Block(16), Block(16)])
+            def forward(self, x, act):
+                for b in self.blocks:
+                    x = b(x, transformer_options={"act": act})
+                return x
+    """,
+}
+
+SCRIPT = r"""
+import json, logging, sys, types
+pkg = types.ModuleType("comfyui_deepytorch"); pkg.__path__ = [sys.argv[1]]; sys.modules["comfyui_deepytorch"] = pkg
+sys.path.insert(0, sys.argv[3])
+cfg = json.loads(sys.argv[4])
+records = []
+class H(logging.Handler):
+    def emit(self, r): records.append(r.getMessage())
+logging.getLogger("deepytorch").addHandler(H()); logging.getLogger("deepytorch").setLevel(logging.INFO)
+import torch
+from torch._dynamo.utils import counters
+from comfyui_deepytorch.engine import compile_cache, precompiled, regional
+from comfyui_deepytorch.engine.backends import CompileOptions, InductorBackend
+import toy_blocks, toy_helpers
+compile_cache.configure(sys.argv[2])
+torch.manual_seed(0)
+model = toy_blocks.Model()
+acc = regional.AcceleratedModel("Toy", InductorBackend("cpu"), CompileOptions())
+for path, fn in acc.region_forwards(model).items():
+    setattr(model.get_submodule(path), "forward", fn)
+act = getattr(toy_helpers, cfg.get("act", "act"))
+x = torch.randn(cfg.get("rows", 4), 16, generator=torch.Generator().manual_seed(1))
+
+def eager():
+    y = x
+    for b in model.blocks:
+        y = type(b).forward(b, y, {"act": act})
+    return y
+
+out = {}
+with torch.inference_mode():
+    x = x.clone()   # an inference tensor, as ComfyUI's (else the second block's input differs in dispatch keys)
+    out["diff"] = float((model(x, act) - eager()).abs().max())
+    out["start"], out["start_counts"] = acc.start, acc.start_counts
+    first = dict(precompiled.STATS), counters["stats"]["unique_graphs"], counters["inductor"]["fxgraph_cache_miss"]
+    with torch.no_grad():
+        model.blocks[0].lin.weight.mul_(1.5)     # a LoRA strength change: ComfyUI patches the weights in place
+    patched = model(x, act)
+    out["diff_patched"] = float((patched - eager()).abs().max())
+    if cfg.get("then_act"):   # the same process, another function in the inputs
+        act = getattr(toy_helpers, cfg["then_act"])
+        out["diff_switched"] = float((model(x, act) - eager()).abs().max())
+out.update(stats=dict(precompiled.STATS), graphs=counters["stats"]["unique_graphs"],
+           inductor_misses=counters["inductor"]["fxgraph_cache_miss"], calls=acc.compiled_calls,
+           after_patch_compiles=precompiled.STATS["bakes"] - first[0]["bakes"] + counters["stats"]["unique_graphs"]
+           - first[1] + counters["inductor"]["fxgraph_cache_miss"] - first[2], log=records)
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture
+def toy(tmp_path):
+    d = tmp_path / "toy"
+    d.mkdir()
+    for name, text in TOY.items():
+        (d / name).write_text(textwrap.dedent(text))
+    return d
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory):
+    """A cache directory one cold process left (each test works on its own copy), and that process's result."""
+    root = tmp_path_factory.mktemp("baked")
+    toy_dir = root / "toy"
+    toy_dir.mkdir()
+    for name, text in TOY.items():
+        (toy_dir / name).write_text(textwrap.dedent(text))
+    return root / "nas", start(root / "nas", toy_dir)
+
+
+@pytest.fixture
+def cache(baked, tmp_path):
+    """A copy of the baked cache (the toy source is the same text, so its hashes match)."""
+    import shutil
+    shutil.copytree(baked[0], tmp_path / "nas")
+    return tmp_path / "nas"
+
+
+def start(cache, toy, background=False, env=None, **cfg):
+    environ = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR",
+                                                                 "DEEPYTORCH_PRECOMPILE")}
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")   # a user's own inductor dir (the Makefile's too)
+    environ.update(env or {})
+    args = [sys.executable, "-c", SCRIPT, ROOT, str(cache), str(toy), json.dumps(cfg)]
+    proc = subprocess.Popen(args, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc if background else result(proc)
+
+
+def result(proc):
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    return json.loads(next(l for l in stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+
+
+def artifacts(cache):
+    d = cache / "precompiled"
+    return sorted(p for p in d.iterdir() if p.suffix == ".bin") if d.is_dir() else []
+
+
+def test_cold_bakes_once_per_class_and_a_new_process_starts_without_tracing(baked, cache, toy):
+    cold = baked[1]
+    assert cold["stats"]["bakes"] == 1 and cold["stats"]["loads"] == 0   # two blocks, one class: one artifact
+    assert cold["diff"] <= 1e-5 and cold["calls"] >= 2 and cold["start"] == "cold"
+    assert len(artifacts(cache)) == 1
+    warm = start(cache, toy)
+    assert warm["stats"]["bakes"] == 0 and warm["stats"]["loads"] == 1
+    assert warm["graphs"] == 0 and warm["inductor_misses"] == 0          # no dynamo frame, no inductor compile
+    assert warm["start"] == "precompiled" and warm["diff"] <= 1e-5 and warm["calls"] == 4
+    assert any("2 region(s) started from 1 precompiled artifact(s)" in line for line in warm["log"])
+    # in-place weight patch (LoRA strength) seen by the loaded code, with nothing compiled
+    assert warm["diff_patched"] <= 1e-5 and warm["after_patch_compiles"] == 0
+
+
+def test_a_function_in_the_inputs_is_checked_by_name_never_run_stale(cache, toy):
+    """torch cannot save the guard on a function's identity: the artifact checks it by name at call time (without
+    that check the act() artifact would run for act2())."""
+    r = start(cache, toy, then_act="act2")
+    assert r["stats"]["loads"] == 1 and r["diff"] <= 1e-5
+    assert r["diff_switched"] <= 1e-5 and r["stats"]["bakes"] == 1     # act2: its own artifact
+    assert len(artifacts(cache)) == 2
+
+
+def test_stale_corrupt_and_foreign_artifacts_are_ignored_with_the_reason(cache, toy):
+    [saved] = artifacts(cache)
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])                             # truncated (a copy cut short)
+    (saved.parent / (saved.name.split(".")[0] + ".foreign.bin")).write_bytes(b"written by something else")
+    r = start(cache, toy)
+    assert r["diff"] <= 1e-5 and r["stats"]["bakes"] == 1 and r["stats"]["ignored"] == 2
+    assert any("ignored" in l and "truncated" in l for l in r["log"])
+    assert any("ignored" in l and "not a DeepyTorch precompiled artifact" in l for l in r["log"])
+    # a source file the artifact traced (not the block's own) changes, as in a ComfyUI update: never run stale code
+    helpers = toy / "toy_helpers.py"
+    helpers.write_text(helpers.read_text().replace("gelu(x)", "gelu(x) * 2"))
+    r = start(cache, toy)
+    assert r["diff"] <= 1e-5 and r["stats"]["bakes"] == 1 and r["stats"]["loads"] == 0
+    assert any("the source of toy_helpers changed since it was compiled" in l for l in r["log"])
+
+
+def test_opt_out_and_an_unwritable_store(tmp_path, toy):
+    cache = tmp_path / "nas"
+    off = start(cache, toy, env={"DEEPYTORCH_PRECOMPILE": "0"})
+    assert off["stats"]["bakes"] == 0 and off["graphs"] >= 1 and off["diff"] <= 1e-5 and not artifacts(cache)
+    assert any("precompiled regions are off (DEEPYTORCH_PRECOMPILE=0)" in l for l in off["log"])
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "precompiled").write_text("a file where the store's folder should be")
+    r = start(blocked, toy)
+    assert r["diff"] <= 1e-5 and r["stats"]["bakes"] == 1 and r["calls"] >= 2
+    assert any("precompiled: could not save to" in l and "compiled in memory only" in l for l in r["log"])
+
+
+def test_two_instances_baking_at_once_both_work_and_a_third_starts_warm(tmp_path, toy):
+    cache = tmp_path / "nas"
+    a, b = start(cache, toy, background=True), start(cache, toy, background=True)
+    for r in (result(a), result(b)):
+        assert r["diff"] <= 1e-5 and r["calls"] >= 2
+    assert 1 <= len(artifacts(cache)) <= 2 and not [p for p in (cache / "precompiled").iterdir() if
+                                                     p.name.startswith(".")]   # no half-written file left
+    third = start(cache, toy)
+    assert third["stats"]["bakes"] == 0 and third["graphs"] == 0 and third["start"] == "precompiled"
