@@ -197,18 +197,22 @@ def token(value):
 
 def signature(args, kwargs, dynamic):
     """The input signature for the key: tensors by dtype / device / shape (no sizes where `dynamic`, or in dims
-    marked dynamic), containers by structure, functions by name, scalars by type."""
+    marked dynamic) and their dynamic marks, containers by structure, functions by name, ints / strings / bools by
+    value (ComfyUI's block names and indices in transformer_options: each needs its own graph, and its own file),
+    floats by type."""
     def sig(v):
         if isinstance(v, torch.Tensor):
             dims = getattr(v, "_dynamo_weak_dynamic_indices", set()) | getattr(v, "_dynamo_dynamic_indices", set())
             shape = [v.dim()] if dynamic else [None if i in dims else s for i, s in enumerate(v.shape)]
-            return ["T", str(v.dtype), v.device.type, shape, v.requires_grad]
+            return ["T", str(v.dtype), v.device.type, shape, v.requires_grad, sorted(dims)]
         if isinstance(v, dict):
             return ["D", [[str(k), sig(x)] for k, x in v.items()]]
         if isinstance(v, (list, tuple)):
             return ["L" if isinstance(v, list) else "U", [sig(x) for x in v]]
-        if v is None or isinstance(v, (bool, int, float, str)):
-            return type(v).__name__
+        if v is None or isinstance(v, (bool, int, str)):   # dynamo guards on their values: so does the key
+            return [type(v).__name__, v]
+        if isinstance(v, float):                           # not on a float's (it traces floats symbolically)
+            return "float"
         name = token(v)
         return name or _class_name(type(v))
     return [sig(a) for a in args], [[k, sig(v)] for k, v in kwargs.items()]
@@ -400,6 +404,7 @@ class PrecompiledForward:
         self.entries = []
         self.loaded_paths = set()
         self.broken = None                      # why this class takes the dynamo path from now on
+        self.unsaved = {}                       # {dynamic: why}: artifacts of that kind are not saved
         self.deepytorch_graph_calls = getattr(dynamo, "deepytorch_graph_calls", None) or [0]
         self.deepytorch_code = getattr(dynamo, "deepytorch_code", None)
         self.deepytorch_reasons = []            # why a new artifact was needed (a "recompile")
@@ -484,6 +489,8 @@ class PrecompiledForward:
             entry = _Entry(fn, meta.get("checks", {}), path, meta.get("dynamic", False))
             if not entry.matches(module, args, kwargs):
                 self.entries.append(entry)   # another signature's (same key): kept for later calls
+                log.log.debug("DeepyTorch: precompiled: %s does not match this call: %s", os.path.basename(path),
+                              entry.why_not(module, args, kwargs))
                 continue
             self.entries.insert(0, entry)
             return entry
@@ -518,15 +525,27 @@ class PrecompiledForward:
         STATS["bake_s"] += time.perf_counter() - t0
         path = os.path.join(self.directory, f"{key}.{uuid.uuid4().hex[:12]}.bin")
         entry = _Entry(fn, filt.checks, path, dynamic)
-        self._save(fn, key, path, filt.checks, dynamic)
+        self._save(fn, key, path, filt.checks, dynamic, module, args, kwargs)
         self.loaded_paths.add(path)
         self.entries.insert(0, entry)
         return entry
 
-    def _save(self, fn, key, path, checks, dynamic):
+    def _save(self, fn, key, path, checks, dynamic, module, args, kwargs):
+        """Saves the artifact, if a copy read back from its bytes matches the call it was compiled for (torch does
+        not save every guard faithfully: with dynamic shapes it records a tensor's dynamic mark as absent, and
+        ComfyUI's noise schedule carries one): a file that could never match again is not written."""
+        if self.unsaved.get(dynamic):
+            return
         try:
             from torch._dynamo.aot_compile import AOTCompiledFunction
             blob = AOTCompiledFunction.serialize(fn).serialized_data
+            reread = _Entry(AOTCompiledFunction.deserialize(blob), checks, path, dynamic)
+            if not reread.matches(module, args, kwargs):
+                self.unsaved[dynamic] = reread.why_not(module, args, kwargs)
+                log.info("precompiled: %s: a %s artifact read back from its bytes does not match the call it was "
+                         "compiled for (%s): such artifacts are kept in memory only; a new process compiles them "
+                         "again", self.name, "dynamic" if dynamic else "static", self.unsaved[dynamic][:200])
+                return
             meta = {"format": FORMAT, "key": key, "size": len(blob), "dynamic": dynamic, "checks": checks,
                     "sources": _traced_sources(fn), "pack_module": PACK, "block": self.name,
                     "torch": torch.__version__, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
