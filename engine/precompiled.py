@@ -440,6 +440,10 @@ class PrecompiledForward:
                 return entry
         # dynamic 'auto': static at first, dynamic once a class meets a second signature (torch's own rule)
         bake_dynamic = dynamic is not None and (self.options.dynamic == "true" or had)
+        if bake_dynamic in self.unsaved:
+            # an artifact of this kind could not be saved (see _save): torch.compile's own path serves such calls,
+            # where inductor's caches make the next process faster than a full precompile would
+            return None
         entry = self._bake(dynamic if bake_dynamic else static, module, args, kwargs, bake_dynamic)
         if entry is not None:
             self._note(had, reason, "compiled" + (" with dynamic shapes" if bake_dynamic else ""))
@@ -543,8 +547,8 @@ class PrecompiledForward:
             if not reread.matches(module, args, kwargs):
                 self.unsaved[dynamic] = reread.why_not(module, args, kwargs)
                 log.info("precompiled: %s: a %s artifact read back from its bytes does not match the call it was "
-                         "compiled for (%s): such artifacts are kept in memory only; a new process compiles them "
-                         "again", self.name, "dynamic" if dynamic else "static", self.unsaved[dynamic][:200])
+                         "compiled for (%s): not saved; further such calls take torch.compile's own path",
+                         self.name, "dynamic" if dynamic else "static", self.unsaved[dynamic][:200])
                 return
             meta = {"format": FORMAT, "key": key, "size": len(blob), "dynamic": dynamic, "checks": checks,
                     "sources": _traced_sources(fn), "pack_module": PACK, "block": self.name,

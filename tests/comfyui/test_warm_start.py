@@ -78,7 +78,8 @@ def test_sdxl_warm_start(comfy, run, engine, new_process):
     """SDXL: the regions whose artifacts torch saves faithfully load (ResBlocks, the first SpatialTransformer, ...);
     the SpatialTransformers that need dynamic shapes (each UNet level passes other block names and sizes) compile in
     every process: torch does not save a tensor's dynamic mark in a dynamic artifact (ComfyUI's noise schedule has
-    one), so such an artifact is never written - and the store does not grow from one instance to the next."""
+    one): such an artifact is never written (those calls take torch.compile's path), and the store does not grow
+    from one instance to the next."""
     store = engine.precompiled.store_dir()
     run(wf.sdxl_t2i(prefix="w_sx_cold", seed=4, accel=wf.accel_inputs()))
     files = []
