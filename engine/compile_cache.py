@@ -91,6 +91,12 @@ def directory():
     return _state.get("dir")
 
 
+def status(default_dir=None):
+    """{dir, writable, configured} for a status page: the directory in use, or the one the first compile will use."""
+    root = _state.get("dir") or os.environ.get(ENV) or default_dir
+    return {"dir": root, "writable": bool(root) and _writable(root), "configured": "dir" in _state}
+
+
 def _load_artifacts(path):
     loader = getattr(torch.compiler, "load_cache_artifacts", None)
     if loader is None:

@@ -49,6 +49,11 @@ def find_regions(root, scope="regional"):
 _live = []   # weak references to every AcceleratedModel, newest last (for diagnostics and tests)
 
 
+def live():
+    """Every AcceleratedModel still alive, oldest first."""
+    return [acc for acc in (r() for r in _live) if acc is not None]
+
+
 def latest(label=None):
     """The most recently created AcceleratedModel still alive (optionally with this label), or None."""
     for ref in reversed(_live):
@@ -184,6 +189,13 @@ class AcceleratedModel:
         self.start = None             # how this model started: 'precompiled', 'cache' or 'cold' (once all ran)
         self.start_counts = {}        # what its compile found: artifacts loaded / baked, dynamo graphs, cache hits
         _live[:] = [r for r in _live if r() is not None] + [weakref.ref(self)]
+
+    def describe(self):
+        """What a status page shows for this model (JSON-ready): how far it compiled and how it started."""
+        return {"label": self.label, "backend": self.backend.name, "scope": self.scope, "regions": self._regions,
+                "compiled": len(self.compiled), "recompiles": self.recompiles, "start": self.start,
+                "start_counts": dict(self.start_counts), "compiled_calls": self.compiled_calls,
+                "failed": None if self.failed is None else f"{type(self.failed).__name__}: {_summary(self.failed)}"}
 
     # -- installation -------------------------------------------------------------------------------------------
     def region_forwards(self, root, parts=None):

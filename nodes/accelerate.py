@@ -13,10 +13,26 @@ from ..engine.backends import CompileOptions, select_backend
 from ..engine.regional import AcceleratedModel
 
 
-def default_cache_dir():
-    """Inside ComfyUI's models dir, so it can live on NAS/OSS with the models (DEEPYTORCH_CACHE_DIR overrides)."""
+CACHE_FOLDER = "deepytorch_cache"           # a model folder name: extra_model_paths.yaml can map it (to NAS/OSS)
+CACHE_SUBDIR = "deepytorch-compile-cache"
+
+
+def register_cache_folder():
+    """Register the compile cache as ComfyUI model folder `deepytorch_cache` (default
+    ComfyUI/models/deepytorch-compile-cache) unless extra_model_paths.yaml, read before custom nodes load, already
+    mapped it. Idempotent."""
     import folder_paths
-    return os.path.join(folder_paths.models_dir, "deepytorch-compile-cache")
+    if CACHE_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[CACHE_FOLDER] = ([os.path.join(folder_paths.models_dir, CACHE_SUBDIR)],
+                                                             set())
+
+
+def default_cache_dir():
+    """The first path of model folder `deepytorch_cache`: inside ComfyUI's models dir, or wherever
+    extra_model_paths.yaml maps it, so it lives on NAS/OSS with the models (DEEPYTORCH_CACHE_DIR overrides)."""
+    import folder_paths
+    register_cache_folder()
+    return folder_paths.folder_names_and_paths[CACHE_FOLDER][0][0]
 
 
 def remove_installed(patcher):

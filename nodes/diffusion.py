@@ -36,16 +36,24 @@ class ApplyDeepyTorchDiffusionModel:
 
     def apply(self, model, backend, mode, dynamic, scope, fullgraph, attention="auto"):
         m = model.clone()
-        m.weight_inplace_update = True   # compiled code keeps its weight tensors: LoRA must patch them in place
-        label = type(m.model).__name__
-        accelerated = accelerate(m, "diffusion_model", label, backend, mode, dynamic, fullgraph, scope,
-                                 context=attention_choice.context(attention))
-        if accelerated is not None or attention == "sdpa":   # eager + auto: the model stays exactly ComfyUI's
-            how, call_context = attention_choice.configure(m, attention)
-            if accelerated is not None:
-                accelerated.call_context = call_context
-                accelerated.eager_context = attention_choice.comfy_attention
-            elif call_context is not None:
-                how = "ComfyUI's choice (this ComfyUI can switch attention only inside compiled regions)"
-            log.info("%s: attention: %s", label, how)
+        accelerate_diffusion(m, backend, mode, dynamic, scope, fullgraph, attention)
         return (m,)
+
+
+def accelerate_diffusion(m, backend="auto", mode="default", dynamic="auto", scope="regional", fullgraph=False,
+                         attention="auto"):
+    """Accelerate the diffusion model of the ModelPatcher `m` itself (the node passes a clone; DEEPYTORCH_AUTO the
+    loader's patcher). Returns the AcceleratedModel, or None when eager."""
+    m.weight_inplace_update = True   # compiled code keeps its weight tensors: LoRA must patch them in place
+    label = type(m.model).__name__
+    accelerated = accelerate(m, "diffusion_model", label, backend, mode, dynamic, fullgraph, scope,
+                             context=attention_choice.context(attention))
+    if accelerated is not None or attention == "sdpa":   # eager + auto: the model stays exactly ComfyUI's
+        how, call_context = attention_choice.configure(m, attention)
+        if accelerated is not None:
+            accelerated.call_context = call_context
+            accelerated.eager_context = attention_choice.comfy_attention
+        elif call_context is not None:
+            how = "ComfyUI's choice (this ComfyUI can switch attention only inside compiled regions)"
+        log.info("%s: attention: %s", label, how)
+    return accelerated

@@ -31,14 +31,21 @@ class ApplyDeepyTorchVAE:
     def apply(self, vae, backend, mode, dynamic, parts):
         out = copy.copy(vae)                     # shares the weights; only the patcher differs
         out.patcher = vae.patcher.clone()
-        model = out.patcher.model
-        present = tuple(p for p in PARTS[parts] if isinstance(getattr(model, p, None), torch.nn.Module))
-        if not present:
-            raise ValueError(f"Apply DeepyTorch to vae model: input 'vae' has no {' or '.join(PARTS[parts])} "
-                             f"module to accelerate ({type(model).__name__})")
-        label = f"VAE {type(model).__name__}"
-        accelerated = accelerate(out.patcher, "", label, backend, mode, dynamic, parts=present, context="vae-sdpa")
-        if accelerated is not None and attention.configure_vae(out.patcher, present):
-            accelerated.eager_context = attention.comfy_attention
-            log.info("%s: attention: PyTorch SDPA instead of ComfyUI's split attention (in this copy only)", label)
+        accelerate_vae(out, backend, mode, dynamic, parts)
         return (out,)
+
+
+def accelerate_vae(vae, backend="auto", mode="default", dynamic="auto", parts="both"):
+    """Accelerate the given VAE object's patcher itself (the node passes a copy; DEEPYTORCH_AUTO the loader's VAE).
+    Returns the AcceleratedModel, or None when eager."""
+    model = vae.patcher.model
+    present = tuple(p for p in PARTS[parts] if isinstance(getattr(model, p, None), torch.nn.Module))
+    if not present:
+        raise ValueError(f"Apply DeepyTorch to vae model: input 'vae' has no {' or '.join(PARTS[parts])} "
+                         f"module to accelerate ({type(model).__name__})")
+    label = f"VAE {type(model).__name__}"
+    accelerated = accelerate(vae.patcher, "", label, backend, mode, dynamic, parts=present, context="vae-sdpa")
+    if accelerated is not None and attention.configure_vae(vae.patcher, present):
+        accelerated.eager_context = attention.comfy_attention
+        log.info("%s: attention: PyTorch SDPA instead of ComfyUI's split attention (in this copy only)", label)
+    return accelerated

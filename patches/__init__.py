@@ -2,12 +2,14 @@
 
 Each patch is idempotent, reversible and feature-detected; none edits ComfyUI's files.
 """
-from . import inplace_update
+from . import auto_accelerate, inplace_update
 
 
 def apply_all():
     inplace_update.patch()
+    auto_accelerate.patch()   # on top of inplace_update's wrappers: removed first
 
 
 def unpatch_all():
+    auto_accelerate.unpatch()
     inplace_update.unpatch()

@@ -22,7 +22,7 @@ def free_port():
 
 
 class ComfyServer:
-    def __init__(self, comfy_dir, base_dir, models_dir, custom_nodes_dir, extra_args=()):
+    def __init__(self, comfy_dir, base_dir, models_dir, custom_nodes_dir, extra_args=(), env=None):
         self.comfy_dir = comfy_dir
         self.base_dir = base_dir
         self.port = free_port()
@@ -35,7 +35,7 @@ class ComfyServer:
         config = os.path.join(base_dir, "extra_model_paths.yaml")
         with open(config, "w") as f:
             f.write("deepytorch_tests:\n  is_default: true\n")
-            for name, sub in MODEL_FOLDERS.items():
+            for name, sub in MODEL_FOLDERS.items() if models_dir else ():   # None: the caller's yaml maps them
                 f.write(f"  {name}: {os.path.join(models_dir, sub)}\n")
             f.write(f"  custom_nodes: {custom_nodes_dir}\n")
         self.cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
@@ -43,12 +43,21 @@ class ComfyServer:
                     "--output-directory", self.output_dir, "--input-directory", os.path.join(base_dir, "input"),
                     "--temp-directory", os.path.join(base_dir, "temp"),
                     "--user-directory", os.path.join(base_dir, "user"), *extra_args]
+        # env: added to this process's environment; a value None removes the variable
+        self.env = None if env is None else {k: v for k, v in {**os.environ, **env}.items() if v is not None}
         self.proc = None
 
     def start(self, timeout=120):
+        return self.launch().wait_listening(timeout)
+
+    def launch(self):
+        """Start the process without waiting (several instances started at the same moment)."""
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.cmd, cwd=self.comfy_dir, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env=self.env)
+        return self
+
+    def wait_listening(self, timeout=120):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
