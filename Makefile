@@ -13,7 +13,7 @@ export COMFYUI_CACHE XFLUX_DIR TORCHINDUCTOR_CACHE_DIR
 REGISTRY_VENV ?= $(CACHE_DIR)/registry-venv
 export REGISTRY_VENV
 
-.PHONY: all setup comfyui browser registry test test-engine demo bench clean-venv
+.PHONY: all setup comfyui browser registry test test-engine demo bench bench-coldstart clean-venv
 all: test
 
 # Pinned ComfyUI commits (v0.3.6, v0.3.7, current) into $(COMFYUI_CACHE); COMFYUI_REPO may name a local clone.
@@ -58,6 +58,11 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# Time to first image of new server processes (eager; DeepyTorch with an empty cache, the cache an earlier instance
+# left, and a start-up warm-up). SIZE=flux-deep-narrow|sdxl-narrow; WORKFLOW=<your API workflow> instead of ours.
+bench-coldstart: setup
+	$(PY) benchmarks/coldstart.py $(if $(SIZE),--size $(SIZE)) $(if $(WORKFLOW),--workflow $(WORKFLOW)) $(COLDSTART_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

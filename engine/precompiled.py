@@ -195,14 +195,16 @@ def token(value):
     return None
 
 
-def signature(args, kwargs, dynamic):
+def signature(args, kwargs, dynamic, strip=False):
     """The input signature for the key: tensors by dtype / device / shape (no sizes where `dynamic`, or in dims
     marked dynamic) and their dynamic marks, containers by structure, functions by name, ints / strings / bools by
     value (ComfyUI's block names and indices in transformer_options: each needs its own graph, and its own file),
     floats by type."""
     def sig(v):
         if isinstance(v, torch.Tensor):
-            dims = getattr(v, "_dynamo_weak_dynamic_indices", set()) | getattr(v, "_dynamo_dynamic_indices", set())
+            # weak marks: set aside for a `strip` artifact (see _without_weak_marks)
+            weak = set() if strip else getattr(v, "_dynamo_weak_dynamic_indices", set())
+            dims = weak | getattr(v, "_dynamo_dynamic_indices", set())
             shape = [v.dim()] if dynamic else [None if i in dims else s for i, s in enumerate(v.shape)]
             return ["T", str(v.dtype), v.device.type, shape, v.requires_grad, sorted(dims)]
         if isinstance(v, dict):
@@ -312,16 +314,87 @@ def _value_token(expr_value, expected):
     return token(expr_value)
 
 
+_OTHER_MARKS = ("_dynamo_dynamic_indices", "_dynamo_static_indices", "_dynamo_unbacked_indices",
+                "_dynamo_strict_unbacked_indices")
+
+
+def _no_duck_sizing(dynamic):
+    """A dynamic artifact makes every size symbolic at once (torch.compile's own path makes only the sizes that
+    changed dynamic): with duck sizing a batch of 2 would share a symbol with FLUX's constant 2s in `pe` and be
+    specialised to 2 with them. Scoped to this compile."""
+    config = getattr(getattr(torch.fx, "experimental", None), "_config", None)
+    if not dynamic or config is None or not hasattr(config, "use_duck_shape"):
+        return contextlib.nullcontext()
+    return config.patch(use_duck_shape=False)
+
+
+def _has_weak_marks(args, kwargs):
+    found = []
+    with _without_weak_marks(args, kwargs) as held:
+        found.extend(held)
+    return bool(found)
+
+
+@contextlib.contextmanager
+def _without_weak_marks(args, kwargs, active=True):
+    """torch records the inputs' weak dynamic marks (maybe_mark_dynamic: the one regional puts on ComfyUI's noise
+    schedule) as absent in a saved artifact whose graph reads the marked tensor (SDXL's SpatialTransformer copies
+    every option), so a call carrying them never matches its own artifact again. For such a class the artifact is
+    dynamic (every size is, the marked ones included) and compiled, checked and called with the marks set aside; they
+    are put back after (torch.compile's own path, used by other regions, still wants them)."""
+    held = []
+
+    def visit(v, depth):
+        if isinstance(v, torch.Tensor):
+            marks = getattr(v, "_dynamo_weak_dynamic_indices", None)
+            if marks:
+                # torch's guard also checks that a tensor was marked at all: that flag goes too, unless another
+                # kind of mark (dynamic, static, unbacked) is on the tensor
+                flag = getattr(v, "_has_dynamo_dim_marking", None) is not None and not any(
+                    getattr(v, a, None) for a in _OTHER_MARKS)
+                held.append((v, marks, flag))
+                del v._dynamo_weak_dynamic_indices
+                if flag:
+                    flag = v._has_dynamo_dim_marking
+                    del v._has_dynamo_dim_marking
+                    held[-1] = (v, marks, flag)
+        elif depth < 4 and isinstance(v, dict):
+            for x in v.values():
+                visit(x, depth + 1)
+        elif depth < 4 and isinstance(v, (list, tuple)):
+            for x in v:
+                visit(x, depth + 1)
+    if active:
+        visit(args, 0)
+        visit(kwargs, 0)
+    try:
+        yield list(held)
+    finally:
+        for t, marks, flag in held:
+            t._dynamo_weak_dynamic_indices = marks
+            if flag is not False:
+                t._has_dynamo_dim_marking = flag
+
+
 class _Entry:
     """One loaded or baked artifact."""
 
-    def __init__(self, fn, checks, path, dynamic):
+    def __init__(self, fn, checks, path, dynamic, strip=False):
         self.fn = fn
         self.path = path
         self.dynamic = dynamic
+        self.strip = strip    # compiled with the inputs' weak dynamic marks set aside: checked and called so
         self.checks = [(_accessor(expr), expr, expected) for expr, expected in checks.items()]
 
     def matches(self, module, args, kwargs):
+        with _without_weak_marks(args, kwargs, self.strip):
+            return self._matches(module, args, kwargs)
+
+    def call(self, module, args, kwargs):
+        with _without_weak_marks(args, kwargs, self.strip):
+            return self.fn.fn(module, *args, **kwargs)
+
+    def _matches(self, module, args, kwargs):
         if not self.fn.guard_check(module, *args, **kwargs):
             return False
         if self.checks:
@@ -336,6 +409,13 @@ class _Entry:
         return True
 
     def why_not(self, module, args, kwargs):
+        try:
+            with _without_weak_marks(args, kwargs, self.strip):
+                return self._why_not(module, args, kwargs)
+        except Exception as e:   # pragma: no cover - torch internals moved
+            return f"guards failed ({type(e).__name__})"
+
+    def _why_not(self, module, args, kwargs):
         try:
             f_locals = self.fn.prepare_f_locals(module, *args, **kwargs)
             parts = self.fn._artifacts.guard_manager.check_verbose(f_locals).verbose_code_parts
@@ -404,7 +484,8 @@ class PrecompiledForward:
         self.entries = []
         self.loaded_paths = set()
         self.broken = None                      # why this class takes the dynamo path from now on
-        self.unsaved = {}                       # {dynamic: why}: artifacts of that kind are not saved
+        self.unsaved = {}                       # {dynamic or 'stripped': why}: artifacts of that kind are not saved
+        self.strip = False                      # this class bakes 'stripped' artifacts (see _without_weak_marks)
         self.deepytorch_graph_calls = getattr(dynamo, "deepytorch_graph_calls", None) or [0]
         self.deepytorch_code = getattr(dynamo, "deepytorch_code", None)
         self.deepytorch_reasons = []            # why a new artifact was needed (a "recompile")
@@ -419,12 +500,12 @@ class PrecompiledForward:
                         self.entries.insert(0, self.entries.pop(i))
                     self.deepytorch_graph_calls[0] += 1
                     STATS["calls"] += 1
-                    return entry.fn.fn(module, *args, **kwargs)
+                    return entry.call(module, args, kwargs)
             entry = self._miss(module, args, kwargs)
             if entry is not None:
                 self.deepytorch_graph_calls[0] += 1
                 STATS["calls"] += 1
-                return entry.fn.fn(module, *args, **kwargs)
+                return entry.call(module, args, kwargs)
         return self.dynamo(module, *args, **kwargs)
 
     # -- a call no entry matches: load one from the store, else bake one ---------------------------------------
@@ -433,32 +514,43 @@ class PrecompiledForward:
         reason = self.entries[0].why_not(module, args, kwargs) if had else None
         static = self._key(module, args, kwargs, False)
         dynamic = self._key(module, args, kwargs, True) if self.options.dynamic != "false" else None
-        for key in (static, dynamic):
+        # a class whose marked inputs torch cannot save faithfully (see _without_weak_marks): its 'stripped' artifacts
+        stripped = self._key(module, args, kwargs, True, strip=True) \
+            if dynamic is not None and _has_weak_marks(args, kwargs) else None
+        for key in (static, dynamic, stripped):
             entry = key and self._load(key, module, args, kwargs)
             if entry is not None:
                 self._note(had, reason, f"loaded {os.path.basename(entry.path)}")
                 return entry
         # dynamic 'auto': static at first, dynamic once a class meets a second signature (torch's own rule)
         bake_dynamic = dynamic is not None and (self.options.dynamic == "true" or had)
-        if bake_dynamic in self.unsaved:
+        if stripped is not None and "stripped" not in self.unsaved and (self.strip or bake_dynamic in self.unsaved):
+            entry = self._bake(stripped, module, args, kwargs, True, strip=True)
+        elif bake_dynamic in self.unsaved:
             # an artifact of this kind could not be saved (see _save): torch.compile's own path serves such calls,
             # where inductor's caches make the next process faster than a full precompile would
             return None
-        entry = self._bake(dynamic if bake_dynamic else static, module, args, kwargs, bake_dynamic)
+        else:
+            entry = self._bake(dynamic if bake_dynamic else static, module, args, kwargs, bake_dynamic)
+            if entry is not None and bake_dynamic in self.unsaved and stripped is not None:
+                self.strip = True   # what a new process can load: the dynamic artifact with the marks set aside
+                entry = self._bake(stripped, module, args, kwargs, True, strip=True) or entry
         if entry is not None:
-            self._note(had, reason, "compiled" + (" with dynamic shapes" if bake_dynamic else ""))
+            self._note(had, reason, "compiled" + (" with dynamic shapes" if entry.dynamic else ""))
         return entry
 
     def _note(self, had, reason, how):
         if had:   # a further artifact for this class in this process: counted like dynamo's recompile
             self.deepytorch_reasons.append(f"{how}: {reason}")
 
-    def _key(self, module, args, kwargs, dynamic):
+    def _key(self, module, args, kwargs, dynamic, strip=False):
         parts = {"format": FORMAT, "system": system(), "pack": pack_version(), "engine": engine_hash(),
                  "block": _class_key(self.cls, self.shapes, module_tree(module)), "options": str(self.options),
                  "context": self.context, "compile": _stable(self.compile_kwargs),
-                 "inputs": signature(args, kwargs, dynamic), "dynamic": dynamic}
-        return f"{self.name}-{_digest(parts)[:24]}{'-dyn' if dynamic else ''}"
+                 "inputs": signature(args, kwargs, dynamic, strip), "dynamic": dynamic}
+        if strip:
+            parts["strip"] = True
+        return f"{self.name}-{_digest(parts)[:24]}{'-dyn' if dynamic else ''}{'s' if strip else ''}"
 
     def _load(self, key, module, args, kwargs):
         for path in sorted(glob.glob(os.path.join(glob.escape(self.directory), key + ".*.bin"))):
@@ -490,7 +582,8 @@ class PrecompiledForward:
                 continue
             STATS["loads"] += 1
             STATS["load_s"] += time.perf_counter() - t0
-            entry = _Entry(fn, meta.get("checks", {}), path, meta.get("dynamic", False))
+            entry = _Entry(fn, meta.get("checks", {}), path, meta.get("dynamic", False),
+                           meta.get("strip_weak_marks", False))
             if not entry.matches(module, args, kwargs):
                 self.entries.append(entry)   # another signature's (same key): kept for later calls
                 log.log.debug("DeepyTorch: precompiled: %s does not match this call: %s", os.path.basename(path),
@@ -500,7 +593,7 @@ class PrecompiledForward:
             return entry
         return None
 
-    def _bake(self, key, module, args, kwargs, dynamic):
+    def _bake(self, key, module, args, kwargs, dynamic, strip=False):
         t0 = time.perf_counter()
         filt = _GuardFilter()
         try:
@@ -512,7 +605,8 @@ class PrecompiledForward:
             # the region's own forward (installed on the instance by the caller) stays out of the saved guard state
             installed = module.__dict__.pop("forward", None)
             try:
-                fn = _aot_compile(compiled, module, args, kwargs)
+                with _without_weak_marks(args, kwargs, strip), _no_duck_sizing(dynamic):
+                    fn = _aot_compile(compiled, module, args, kwargs)
             finally:
                 if installed is not None:
                     module.__dict__["forward"] = installed
@@ -528,29 +622,31 @@ class PrecompiledForward:
         STATS["bakes"] += 1
         STATS["bake_s"] += time.perf_counter() - t0
         path = os.path.join(self.directory, f"{key}.{uuid.uuid4().hex[:12]}.bin")
-        entry = _Entry(fn, filt.checks, path, dynamic)
-        self._save(fn, key, path, filt.checks, dynamic, module, args, kwargs)
+        entry = _Entry(fn, filt.checks, path, dynamic, strip)
+        self._save(fn, key, path, filt.checks, dynamic, strip, module, args, kwargs)
         self.loaded_paths.add(path)
         self.entries.insert(0, entry)
         return entry
 
-    def _save(self, fn, key, path, checks, dynamic, module, args, kwargs):
+    def _save(self, fn, key, path, checks, dynamic, strip, module, args, kwargs):
         """Saves the artifact, if a copy read back from its bytes matches the call it was compiled for (torch does
         not save every guard faithfully: with dynamic shapes it records a tensor's dynamic mark as absent, and
         ComfyUI's noise schedule carries one): a file that could never match again is not written."""
-        if self.unsaved.get(dynamic):
+        kind = "stripped" if strip else dynamic
+        if self.unsaved.get(kind):
             return
         try:
             from torch._dynamo.aot_compile import AOTCompiledFunction
             blob = AOTCompiledFunction.serialize(fn).serialized_data
-            reread = _Entry(AOTCompiledFunction.deserialize(blob), checks, path, dynamic)
+            reread = _Entry(AOTCompiledFunction.deserialize(blob), checks, path, dynamic, strip)
             if not reread.matches(module, args, kwargs):
-                self.unsaved[dynamic] = reread.why_not(module, args, kwargs)
+                self.unsaved[kind] = reread.why_not(module, args, kwargs)
                 log.info("precompiled: %s: a %s artifact read back from its bytes does not match the call it was "
                          "compiled for (%s): not saved; further such calls take torch.compile's own path",
-                         self.name, "dynamic" if dynamic else "static", self.unsaved[dynamic][:200])
+                         self.name, "dynamic" if dynamic else "static", self.unsaved[kind][:200])
                 return
-            meta = {"format": FORMAT, "key": key, "size": len(blob), "dynamic": dynamic, "checks": checks,
+            meta = {"format": FORMAT, "key": key, "size": len(blob), "dynamic": dynamic, "strip_weak_marks": strip,
+                    "checks": checks,
                     "sources": _traced_sources(fn), "pack_module": PACK, "block": self.name,
                     "torch": torch.__version__, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
             os.makedirs(self.directory, exist_ok=True)
