@@ -12,7 +12,7 @@ The workflow: UNETLoader (the benchmark's model) + random conditioning of its wi
 is not timed) + KSampler (euler, cfg 1) + VAEDecode (a tiny VAE) + SaveImage; DeepyTorch kinds add "Apply DeepyTorch
 to diffusion model" with its defaults.
 
-  python benchmarks/coldstart.py [--size flux-deep-narrow] [--res 512x512] [--steps 20] [--runs 3]
+  python benchmarks/coldstart.py [--size flux-deep-narrow] [--res 512x512] [--steps 20] [--runs 3] [--empty-runs N]
   python benchmarks/coldstart.py --workflow my_api_workflow.json   # a user's own workflow, models in place
 Writes <out>/coldstart.json and coldstart.md; prints the table.
 """
@@ -158,6 +158,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--empty-runs", type=int, default=None,
+                    help="runs of the empty-cache kind (default --runs; its compile dominates a slow model's run)")
     ap.add_argument("--workflow", default=None, help="your own API-format workflow (models already in place)")
     ap.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: the newest the tests use)")
     ap.add_argument("--cache", default="~/.cache/comfyui-deepytorch/bench")
@@ -200,6 +202,8 @@ def main():
     eager_image = {}
     for r in range(args.runs):
         for kind in kinds:
+            if kind == "empty" and args.empty_runs is not None and r >= args.empty_runs:
+                continue
             if kind == "empty" or (kind in ("warm", "warmup") and not os.path.isdir(warm_cache)):
                 cache = os.path.join(work, f"cache-empty-{r}")
             else:
