@@ -31,6 +31,13 @@ def run(comfy):
     return comfy.run
 
 
+@pytest.fixture(scope="session")
+def eager_flux(comfy):
+    """Eager ComfyUI's image of the default FLUX prompt (harness.workflows.flux_t2i), for the server tests."""
+    from harness import workflows as wf
+    return comfy.image(comfy.run(wf.flux_t2i(prefix="eager_flux")), "11")
+
+
 @pytest.fixture
 def deepy_log(caplog):
     """The package's log lines (logger 'deepytorch') as text."""

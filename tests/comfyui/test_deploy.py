@@ -5,7 +5,6 @@ third instance starts from it without dynamo tracing."""
 import os
 
 import numpy as np
-import pytest
 import requests
 
 from harness import workflows as wf
@@ -36,11 +35,6 @@ def status(server):
 def flux(data):
     (model,) = [m for m in data["models"] if m["label"] == "Flux"]
     return model
-
-
-@pytest.fixture(scope="module")
-def eager_flux(comfy):
-    return comfy.image(comfy.run(wf.flux_t2i(prefix="deploy_eager")), "11")
 
 
 def test_function_compute_yaml_and_env_two_instances_on_one_empty_cache_then_a_warm_third(

@@ -44,11 +44,6 @@ def models(data, label):
     return [m for m in data["models"] if m["label"] == label]
 
 
-@pytest.fixture(scope="module")
-def eager_flux(comfy):
-    return comfy.image(comfy.run(wf.flux_t2i(prefix="inst_eager")), "11")
-
-
 def test_status_is_503_while_the_warmup_runs_then_200_and_the_first_request_finds_the_model_compiled(
         comfy, tmp_path_factory, eager_flux):
     files = tmp_path_factory.mktemp("warmup_files")
