@@ -50,8 +50,9 @@ def sdxl_lora(ckpt, rank=4):
 
 
 def flux_lora(flux_sd, rank=4, targets=("double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.qkv", "double_blocks.0.img_mlp.0",
-                                           "single_blocks.0.linear1", "single_blocks.0.linear2", "final_layer.linear")):
-    g = torch.Generator().manual_seed(5)
+                                           "single_blocks.0.linear1", "single_blocks.0.linear2", "final_layer.linear"),
+              seed=5):
+    g = torch.Generator().manual_seed(seed)
     out = {}
     for t in targets:
         w = flux_sd[t + ".weight"]
@@ -60,8 +61,6 @@ def flux_lora(flux_sd, rank=4, targets=("double_blocks.0.img_attn.qkv", "double_
         out[f"diffusion_model.{t}.lora_up.weight"] = (torch.randn(o, rank, generator=g) / rank ** 0.5).to(torch.bfloat16)
         out[f"diffusion_model.{t}.alpha"] = torch.tensor(float(rank))
     return out
-
-
 
 
 def flux_state_dict(dims, dtype, seed=1):

@@ -35,11 +35,11 @@ SDXL_UNET = dict(in_channels=4, out_channels=4, model_channels=64, num_res_block
 SD_VAE = dict(VAE, z_channels=4)
 
 
-def make_flux(dtype=torch.bfloat16):
+def make_flux(dtype=torch.bfloat16, seed=1, **over):
     import comfy.ldm.flux.model as fm
     import comfy.ops
-    sd = meta_state_dict(lambda: fm.Flux(operations=comfy.ops.disable_weight_init, device="meta", **FLUX))
-    return {k: v.to(dtype) for k, v in fill(sd, 1).items()}
+    sd = meta_state_dict(lambda: fm.Flux(operations=comfy.ops.disable_weight_init, device="meta", **dict(FLUX, **over)))
+    return {k: v.to(dtype) for k, v in fill(sd, seed).items()}
 
 
 def make_vae():
@@ -120,12 +120,16 @@ def make_xlabs_flux_lora(flux_sd, rank=4):
 # The seed's file names (ComfyUI/models/<folder>/<file>) and what each holds.
 FILES = {
     "flux_unet": ("unet", "flux1-dev.safetensors"),
+    "flux_unet_fp8": ("unet", "flux1-dev-fp8-e4m3fn.safetensors"),   # the same weights, stored in fp8
+    "flux_schnell": ("unet", "flux1-schnell.safetensors"),           # a second FLUX model (no guidance embedding)
     "flux_vae": ("vae", "ae.safetensors"),
     "clip_l": ("clip", "clip_l.safetensors"),
     "t5": ("clip", "t5xxl_fp8_e4m3fn.safetensors"),
     "sdxl": ("checkpoints", "dreamshaperXL_lightningDPMSDE.safetensors"),
     "xlabs_lora": ("loras", "FLUX1_wukong_lora.safetensors"),
     "flux_lora": ("loras", "araminta_k_flux_koda.safetensors"),
+    "flux_lora_b": ("loras", "flux_lora_b.safetensors"),   # more ComfyUI-format FLUX LoRAs, to stack
+    "flux_lora_c": ("loras", "flux_lora_c.safetensors"),
     "sdxl_lora": ("loras", "sdxl_lora.safetensors"),
 }
 NAMES = {key: file for key, (_, file) in FILES.items()}
@@ -140,9 +144,14 @@ def generate(models_dir):
         os.makedirs(os.path.dirname(p), exist_ok=True)
     flux = make_flux()
     sdxl = make_sdxl_checkpoint()
-    content = {"flux_unet": flux, "flux_vae": make_vae(), "clip_l": make_clip_l(), "t5": make_t5(), "sdxl": sdxl,
+    content = {"flux_unet": flux, "flux_unet_fp8": {k: v.to(torch.float8_e4m3fn) for k, v in flux.items()},
+               "flux_schnell": make_flux(seed=12, guidance_embed=False), "flux_vae": make_vae(), "clip_l": make_clip_l(), "t5": make_t5(), "sdxl": sdxl,
                "xlabs_lora": make_xlabs_flux_lora(flux), "flux_lora": flux_lora(flux),
-               "sdxl_lora": sdxl_lora(sdxl)}
+               "sdxl_lora": sdxl_lora(sdxl),
+               "flux_lora_b": flux_lora(flux, seed=13, targets=("double_blocks.0.img_attn.qkv", "double_blocks.1.img_mlp.2",
+                                                                 "single_blocks.1.linear1")),
+               "flux_lora_c": flux_lora(flux, seed=14, targets=("double_blocks.1.txt_attn.proj", "single_blocks.0.linear1",
+                                                                 "single_blocks.1.linear2"))}
     for key, sd in content.items():
         save_file(sd, paths[key])
     return paths

@@ -11,11 +11,12 @@ def accel_inputs(backend="inductor", mode="default", dynamic="auto", scope="regi
 
 
 def flux_t2i(seed=0, steps=2, width=64, height=64, lora=None, strength=1.0, accel=None, accel_before_lora=False,
-             prefix="flux", batch=1):
+             prefix="flux", batch=1, unet=NAMES["flux_unet"], weight_dtype="default", loras=None):
     """UNETLoader + DualCLIPLoader(flux) + KSampler + VAEDecode + SaveImage; optional LoRA and DeepyTorch node.
-    `accel`: None, or the inputs of 'Apply DeepyTorch to diffusion model' (see accel_inputs)."""
+    `accel`: None, or the inputs of 'Apply DeepyTorch to diffusion model' (see accel_inputs); `loras`: [(name,
+    strength)] stacked LoraLoaderModelOnly nodes (after `lora`)."""
     p = {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": NAMES["flux_unet"], "weight_dtype": "default"}},
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": weight_dtype}},
         "2": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": NAMES["clip_l"], "clip_name2": NAMES["t5"],
                                                          "type": "flux"}},
         "3": {"class_type": "VAELoader", "inputs": {"vae_name": NAMES["flux_vae"]}},
@@ -31,6 +32,9 @@ def flux_t2i(seed=0, steps=2, width=64, height=64, lora=None, strength=1.0, acce
     if lora:
         chain.append(("20", {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": lora,
                                                                              "strength_model": strength}}))
+    for i, (name, s) in enumerate(loras or ()):
+        chain.append((str(30 + i), {"class_type": "LoraLoaderModelOnly", "inputs": {"lora_name": name,
+                                                                                    "strength_model": s}}))
     if accel is not None:
         node = ("21", {"class_type": ACCEL_NODE, "inputs": dict(accel)})
         chain.insert(0 if accel_before_lora else len(chain), node)

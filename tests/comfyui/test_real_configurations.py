@@ -1,0 +1,154 @@
+"""What users run beyond one float32 model with one LoRA, through ComfyUI's real loaders, ModelPatcher, KSampler and
+executor: fp8 weights (UNETLoader's weight_dtype, a file stored in fp8), stacked LoRAs, switching models and
+workflows in one process. Every image is compared with eager ComfyUI's for the same settings; "compiled nothing"
+counts dynamo frames (counters["stats"]["unique_graphs"]) and precompiled artifacts baked or loaded."""
+import gc
+import weakref
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from devkit.tiny_models import NAMES
+from harness import workflows as wf
+
+TOL = 1   # 1/255: float32 compute on CPU, compiled vs eager
+
+
+@pytest.fixture
+def engine(comfy):
+    return comfy.package.engine
+
+
+def compiled_since(engine, before):
+    """Compiles of any kind since `before` (a copy of engine.precompiled.STATS taken after counters.clear())."""
+    stats = engine.precompiled.STATS
+    return counters["stats"]["unique_graphs"] + stats["bakes"] - before["bakes"] + stats["loads"] - before["loads"]
+
+
+def weight(model_patcher, key):
+    import comfy.utils
+    return comfy.utils.get_attr(model_patcher.model, key)
+
+
+def loaded_flux():
+    import comfy.model_management as mm
+    found = [m.model for m in mm.current_loaded_models if type(getattr(m.model.model, "diffusion_model", None)).__name__ == "Flux"]
+    assert found, "a FLUX model should be loaded after sampling"
+    return found[0]   # ComfyUI keeps the most recently used model first
+
+
+LORA_KEY = "diffusion_model.double_blocks.0.img_attn.qkv.weight"   # a weight every test LoRA here patches
+FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+@pytest.mark.parametrize("weight_dtype,unet", [("fp8_e4m3fn", "flux_unet"), ("fp8_e4m3fn_fast", "flux_unet"),
+                                               ("fp8_e5m2", "flux_unet"), ("default", "flux_unet_fp8")])
+def test_fp8_weights_with_a_lora_match_eager_keep_their_tensors_and_swap_strength_without_compiling(
+        comfy, run, engine, weight_dtype, unet):
+    """ComfyUI stores the weights in fp8 and, on CPU, computes in float32 (its manual-cast ops); a LoRA is applied to
+    the fp8 weights with its stochastic rounding (seeded per key, so eager and compiled get the same weights)."""
+    import nodes
+    if weight_dtype not in nodes.UNETLoader.INPUT_TYPES()["required"]["weight_dtype"][0]:
+        pytest.skip(f"this ComfyUI's UNETLoader has no weight_dtype {weight_dtype}")
+    kw = dict(unet=NAMES[unet], weight_dtype=weight_dtype, lora=NAMES["flux_lora"])
+    ref = {s: comfy.image(run(wf.flux_t2i(prefix=f"fp8e_{weight_dtype}{s}", strength=s, **kw)), "11")
+           for s in (1.0, 0.4)}
+    assert np.abs(ref[1.0] - ref[0.4]).max() > 10                      # the strength matters
+    img = comfy.image(run(wf.flux_t2i(prefix=f"fp8c_{weight_dtype}", strength=1.0, accel=wf.accel_inputs(), **kw)),
+                      "11")
+    acc = engine.regional.latest("Flux")
+    assert acc.failed is None and acc.compiled_calls == 2 * 4          # 2 steps x 4 blocks, compiled
+    assert np.abs(img - ref[1.0]).max() <= TOL
+    model = loaded_flux()
+    w = weight(model, LORA_KEY)
+    assert w.dtype == model.model.get_dtype()                         # patched in the dtype ComfyUI stores
+    if weight_dtype in FP8:
+        assert w.dtype == FP8[weight_dtype]
+    # (a file stored in fp8 with weight_dtype default: ComfyUI picks its storage dtype for the device itself; on
+    # CPU that is float32)
+    ptr = w.data_ptr()
+    counters.clear()
+    before = dict(engine.precompiled.STATS)
+    img = comfy.image(run(wf.flux_t2i(prefix=f"fp8s_{weight_dtype}", strength=0.4, accel=wf.accel_inputs(), **kw),
+                          fresh=False), "11")
+    assert np.abs(img - ref[0.4]).max() <= TOL
+    assert compiled_since(engine, before) == 0, "a LoRA strength swap on fp8 weights must not compile"
+    assert weight(loaded_flux(), LORA_KEY).data_ptr() == ptr, "the LoRA must update the fp8 weight in place"
+
+
+def test_stacked_loras_match_eager_strength_changes_compile_nothing_and_removing_them_gives_the_base_image(
+        comfy, run, engine):
+    """Three LoraLoaderModelOnly in a row after the DeepyTorch node; 20 strength changes of the last one: nothing
+    compiles, host memory (RSS) grows by at most 50 MiB between the 2nd and the 20th change."""
+    def stack(s, **k):
+        return wf.flux_t2i(lora=NAMES["flux_lora"], strength=1.0, loras=[(NAMES["flux_lora_b"], 0.8),
+                                                                          (NAMES["flux_lora_c"], s)], **k)
+    base = comfy.image(run(wf.flux_t2i(prefix="st_base")), "11")
+    ref = {s: comfy.image(run(stack(s, prefix=f"st_e{s}")), "11") for s in (0.6, 0.05)}
+    assert np.abs(ref[0.6] - base).max() > 10 and np.abs(ref[0.6] - ref[0.05]).max() > 3
+    img = comfy.image(run(stack(0.6, prefix="st_c", accel=wf.accel_inputs(), accel_before_lora=True)), "11")
+    assert np.abs(img - ref[0.6]).max() <= TOL
+    acc = engine.regional.latest("Flux")
+    counters.clear()
+    before = dict(engine.precompiled.STATS)
+    rss = []
+    strengths = [round(0.6 - 0.05 * i, 2) for i in range(1, 12)] + [round(0.1 + 0.05 * i, 2) for i in range(8)] + [0.05]
+    assert len(strengths) == 20
+    for i, s in enumerate(strengths):
+        out = run(stack(s, prefix=f"st_s{i}", accel=wf.accel_inputs(), accel_before_lora=True), fresh=False)
+        gc.collect()
+        rss.append(psutil.Process().memory_info().rss)
+    assert np.abs(comfy.image(out, "11") - ref[0.05]).max() <= TOL
+    assert compiled_since(engine, before) == 0, "strength changes of a stacked LoRA must not compile"
+    assert engine.regional.latest("Flux") is acc and acc.failed is None and acc.recompiles == 0
+    grew = (rss[-1] - rss[1]) / 2**20
+    print(f"RSS growth between the 2nd and the 20th strength change: {grew:.1f} MiB")
+    assert grew <= 50, f"host memory grew by {grew:.1f} MiB over 18 strength changes"
+    # the same graph without the LoRAs: the base model's image again
+    img = comfy.image(run(wf.flux_t2i(prefix="st_none", accel=wf.accel_inputs()), fresh=False), "11")
+    assert np.abs(img - base).max() <= TOL
+
+
+def merged(*prompts):
+    """One API prompt holding every given prompt, node ids prefixed (a, b, ...) so they do not collide."""
+    out = {}
+    for tag, p in zip("abcdef", prompts):
+        for node_id, node in p.items():
+            inputs = {k: [tag + v[0], v[1]] if isinstance(v, list) else v for k, v in node["inputs"].items()}
+            out[tag + node_id] = dict(node, inputs=inputs)
+    return out
+
+
+def test_switching_models_and_workflows_gives_each_model_its_own_image_and_releases_unloaded_ones(comfy, run, engine):
+    """FLUX-dev -> FLUX-schnell -> FLUX-dev and FLUX <-> SDXL in one process, then FLUX and SDXL accelerated in one
+    graph; each image within 1/255 of its eager run. A model ComfyUI unloaded is released: a weak reference to its
+    compiled state and to its diffusion model is dead after garbage collection (nothing process-wide holds it)."""
+    import comfy.model_management as mm
+    schnell = dict(unet=NAMES["flux_schnell"])
+    eager = {"dev": comfy.image(run(wf.flux_t2i(prefix="sw_e_dev")), "11"),
+             "schnell": comfy.image(run(wf.flux_t2i(prefix="sw_e_sch", **schnell)), "11"),
+             "sdxl": comfy.image(run(wf.sdxl_t2i(prefix="sw_e_sdxl")), "11")}
+    assert np.abs(eager["dev"] - eager["schnell"]).max() > 10
+    prompts = {"dev": lambda prefix: wf.flux_t2i(prefix=prefix, accel=wf.accel_inputs()),
+               "schnell": lambda prefix: wf.flux_t2i(prefix=prefix, accel=wf.accel_inputs(), **schnell),
+               "sdxl": lambda prefix: wf.sdxl_t2i(prefix=prefix, accel=wf.accel_inputs())}
+    for i, name in enumerate(["dev", "schnell", "dev", "sdxl", "dev", "sdxl"]):
+        img = comfy.image(run(prompts[name](f"sw_{i}_{name}"), fresh=False), "11")
+        assert np.abs(img - eager[name]).max() <= TOL, f"switch {i}: {name}"
+        acc = engine.regional.latest()
+        assert acc.failed is None and acc.compiled_calls > 0, f"switch {i}: {name} ran eager"
+    both = run(merged(prompts["dev"]("sw_both_f"), prompts["sdxl"]("sw_both_s")), fresh=False)
+    assert np.abs(comfy.image(both, "a11") - eager["dev"]).max() <= TOL
+    assert np.abs(comfy.image(both, "b11") - eager["sdxl"]).max() <= TOL
+    # a model ComfyUI unloads (a new workflow, its cache reset) leaves nothing behind
+    run(wf.flux_t2i(prefix="sw_rel", accel=wf.accel_inputs(), **schnell))
+    acc, diffusion = weakref.ref(engine.regional.latest("Flux")), weakref.ref(loaded_flux().model.diffusion_model)
+    run(wf.sdxl_t2i(prefix="sw_after"))        # fresh: ComfyUI's cache no longer holds the schnell graph's outputs
+    mm.unload_all_models()
+    mm.cleanup_models()
+    gc.collect()
+    assert acc() is None, f"the compiled state of an unloaded model is still referenced: {gc.get_referrers(acc())}"
+    assert diffusion() is None, "the diffusion model ComfyUI unloaded is still referenced"
