@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from torch._dynamo.utils import counters
 
 from devkit.tiny_models import NAMES
@@ -100,12 +101,38 @@ def test_deepgpu_adapter_receives_blocks_and_sets_env(comfy, run, monkeypatch):
         # eager ComfyUI's bit for bit (with SDPA it would differ by rounding)
         img = comfy.image(run(wf.flux_t2i(prefix="d_dg", seed=3, accel=wf.accel_inputs("auto", attention="comfy"))),
                           "11")
-        received = [type(m).__name__ for m, _, _ in deepytorch.received]
+        received = [type(m.block).__name__ for m, _, _ in deepytorch.received]   # (wrapped: never our region)
         assert received == ["DoubleStreamBlock", "DoubleStreamBlock", "SingleStreamBlock", "SingleStreamBlock"]
         assert deepytorch.received[0][2] == {"DEEPGPU_PUB_LS": "true", "DEEPGPU_ENABLE_FLUX_LORA": "true"}
         assert np.array_equal(img, eager)
     finally:
         sys.modules.pop("deepytorch", None)
+
+
+def test_deepgpu_torchscript_entry_traces_the_real_flux_blocks(comfy, run, regional, monkeypatch, tmp_path):
+    """Alibaba's documented form, `deepytorch_inference.compile(torchscript_module)` (labelled test double,
+    tests/doubles): each FLUX block is traced with torch.jit.trace at its first call and the double runs the trace;
+    the image is eager ComfyUI's within 1/255 (ComfyUI's own attention), a LoRA strength change is seen."""
+    doubles = os.path.join(os.path.dirname(os.path.dirname(__file__)), "doubles")
+    os.symlink(os.path.join(doubles, "deepytorch_inference"), tmp_path / "deepytorch_inference")
+    monkeypatch.syspath_prepend(str(tmp_path))   # only this double: the adapter takes the first entry point found
+    monkeypatch.delitem(sys.modules, "deepytorch_inference", raising=False)
+    import deepytorch_inference
+    deepytorch_inference.received.clear()
+    accel = wf.accel_inputs("deepgpu", attention="comfy")
+    lora = dict(lora=NAMES["flux_lora"], accel_before_lora=True)
+    try:
+        eager = {s: comfy.image(run(wf.flux_t2i(prefix=f"d_ts_e{s}", seed=3, strength=s, **lora)), "11")
+                 for s in (1.0, 0.4)}
+        for s in (1.0, 0.4):
+            img = comfy.image(run(wf.flux_t2i(prefix=f"d_ts{s}", seed=3, strength=s, accel=accel, **lora),
+                                  fresh=False), "11")
+            assert regional.latest("Flux").failed is None
+            assert np.abs(img - eager[s]).max() <= TOL, f"strength {s}"
+        assert len(deepytorch_inference.received) == 4       # one trace per block, for both prompts
+        assert all(isinstance(m, torch.jit.ScriptModule) for m in deepytorch_inference.received)
+    finally:
+        sys.modules.pop("deepytorch_inference", None)
 
 
 def test_two_resolutions_at_most_one_recompile_per_region(comfy, run, regional):

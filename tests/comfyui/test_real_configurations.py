@@ -152,3 +152,66 @@ def test_switching_models_and_workflows_gives_each_model_its_own_image_and_relea
     gc.collect()
     assert acc() is None, f"the compiled state of an unloaded model is still referenced: {gc.get_referrers(acc())}"
     assert diffusion() is None, "the diffusion model ComfyUI unloaded is still referenced"
+
+
+GLOBAL_STATE_PROBE = r'''
+import json, os, sys, tempfile
+sys.path[:0] = [os.path.join(ROOT, "dev"), os.path.join(ROOT, "tests")]
+import torch
+from devkit.comfy_boot import Comfy
+from devkit import tiny_models
+from harness import workflows as wf
+from harness.server import TESTPACK
+c = Comfy(COMFY, tempfile.mkdtemp(), packs=[("deepytorch_testpack", TESTPACK)])   # (tiny widths)
+tiny_models.generate(c.models_dir)
+import comfy.ldm.modules.attention as attention
+
+
+def state():
+    def plain(d):
+        return {k: repr(v) for k, v in d.items()}
+    return {"env": dict(os.environ),
+            "dynamo": plain(torch._dynamo.config.get_config_copy()),
+            "inductor": plain(torch._inductor.config.get_config_copy()),
+            "functorch": plain(torch._functorch.config.get_config_copy()),
+            "torch": {"threads": torch.get_num_threads(), "dtype": str(torch.get_default_dtype()),
+                      "grad": torch.is_grad_enabled(), "matmul": torch.get_float32_matmul_precision(),
+                      "deterministic": torch.are_deterministic_algorithms_enabled()},
+            "comfy_attention": {k: getattr(getattr(attention, k, None), "__qualname__", None)
+                                for k in ("optimized_attention", "optimized_attention_masked")}}
+
+
+before = state()
+p = wf.flux_t2i(prefix="gs", accel=wf.accel_inputs())
+p["12"] = {"class_type": wf.VAE_NODE, "inputs": {"vae": ["3", 0], **wf.vae_inputs()}}
+p["10"]["inputs"]["vae"] = ["12", 0]
+c.run(p)
+after = state()
+print("STATE " + json.dumps({part: {k: [before[part].get(k), after[part].get(k)]
+                                     for k in set(before[part]) | set(after[part])
+                                     if before[part].get(k) != after[part].get(k)} for part in before}))
+'''
+
+
+def test_a_first_accelerated_run_changes_no_global_state_beyond_what_the_readme_lists(comfy):
+    """A new process (booted ComfyUI with this pack loaded), then its first accelerated FLUX + VAE run: torch's
+    dynamo / inductor / functorch config, threads, default dtype, grad mode, matmul precision and ComfyUI's
+    attention functions are as before, and so is the environment (the README lists the variables the compile cache
+    sets where the user set no TORCHINDUCTOR_CACHE_DIR: tests/engine/test_compile_cache.py)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = f"ROOT = {root!r}\nCOMFY = {comfy.comfy_dir!r}\n" + GLOBAL_STATE_PROBE
+    # the test run's own TORCHINDUCTOR_CACHE_DIR and compile cache (warm: seconds, not a cold compile); a user's
+    # TORCHINDUCTOR_CACHE_DIR is kept, so the environment must not change at all
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") and os.environ.get("DEEPYTORCH_CACHE_DIR")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                         timeout=600)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("STATE ")), None)
+    assert line, out.stdout[-2000:] + out.stderr[-4000:]
+    changed = json.loads(line[len("STATE "):])
+    # (inductor itself sets private variables, _TORCHINDUCTOR_*)
+    assert {k: v for k, v in changed["env"].items() if not k.startswith("_TORCHINDUCTOR")} == {}
+    assert {part: diff for part, diff in changed.items() if part != "env" and diff} == {}

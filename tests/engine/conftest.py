@@ -26,3 +26,27 @@ def deepgpu_double(monkeypatch):
     deepytorch.received.clear()
     yield deepytorch
     sys.modules.pop("deepytorch", None)
+
+
+@pytest.fixture
+def double(monkeypatch, tmp_path):
+    """import_double(name): a labelled test double from tests/doubles, importable under `name` for this test only
+    (alone: the others are not on the path, since the DeepGPU adapter takes the first entry point it finds); no
+    DeepGPU entry point named by the environment."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("DEEPYTORCH_DEEPGPU_ENTRY", raising=False)
+    names = []
+
+    def import_double(name):
+        import importlib
+        file = name if os.path.isdir(os.path.join(DOUBLES, name)) else name + ".py"
+        os.symlink(os.path.join(DOUBLES, file), os.path.join(tmp_path, file))
+        importlib.invalidate_caches()
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        names.append(name)
+        module = importlib.import_module(name)
+        getattr(module, "received", []).clear()
+        return module
+    yield import_double
+    for name in names:
+        sys.modules.pop(name, None)
