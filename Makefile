@@ -13,7 +13,7 @@ export COMFYUI_CACHE XFLUX_DIR TORCHINDUCTOR_CACHE_DIR
 REGISTRY_VENV ?= $(CACHE_DIR)/registry-venv
 export REGISTRY_VENV
 
-.PHONY: all setup comfyui browser registry test test-engine demo bench bench-coldstart clean-venv
+.PHONY: all setup comfyui browser registry test test-engine demo bench bench-coldstart bench-memory clean-venv
 all: test
 
 # Pinned ComfyUI commits (v0.3.6, v0.3.7, current) into $(COMFYUI_CACHE); COMFYUI_REPO may name a local clone.
@@ -63,6 +63,10 @@ bench: setup
 # left, and a start-up warm-up). SIZE=flux-deep-narrow|sdxl-narrow; WORKFLOW=<your API workflow> instead of ours.
 bench-coldstart: setup
 	$(PY) benchmarks/coldstart.py $(if $(SIZE),--size $(SIZE)) $(if $(WORKFLOW),--workflow $(WORKFLOW)) $(COLDSTART_ARGS)
+
+# Host memory of the in-place LoRA patch (on vs DEEPYTORCH_INPLACE_UPDATE=0), fresh processes, README's table.
+bench-memory: setup
+	$(PY) benchmarks/inplace_memory.py --out benchmarks/results/cpu-flux-deep-narrow-inplace-memory
 
 clean-venv:
 	rm -rf $(VENV)

@@ -10,7 +10,7 @@ import os
 
 from ..engine import compile_cache, log
 from ..engine.backends import CompileOptions, select_backend
-from ..engine.regional import AcceleratedModel
+from ..engine.regional import AcceleratedModel, find_regions
 
 
 CACHE_FOLDER = "deepytorch_cache"           # a model folder name: extra_model_paths.yaml can map it (to NAS/OSS)
@@ -58,6 +58,29 @@ def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic
                                    scope, call_context)
     accelerated.on_compiled = compile_cache.save_artifacts
     root = patcher.get_model_object(root_key) if root_key else patcher.model
-    for path, forward in accelerated.region_forwards(root, parts).items():
+    kept = _not_replaced(patcher, root_key, label, list(parts) if parts else
+                         [path for path, _ in find_regions(root, scope)])
+    if not kept:
+        return None
+    for path, forward in accelerated.region_forwards(root, kept).items():
         patcher.add_object_patch(".".join(p for p in (root_key, path, "forward") if p), forward)
     return accelerated
+
+
+def _not_replaced(patcher, root_key, label, paths):
+    """The region paths no other node replaced with an object patch (the block itself, its forward, or a module above
+    it): those stay as the other node made them, said in the log. A patch of a part inside a block (XLabs'
+    `double_blocks.N.processor`) is compiled with the block: the region calls what the model holds at run time."""
+    others = [k for k, v in patcher.object_patches.items() if getattr(v, "deepytorch_region", None) is None]
+    kept, left = [], []
+    for path in paths:
+        key = ".".join(p for p in (root_key, path) if p)
+        hit = next((o for o in others if o in (key, key + ".forward") or key.startswith(o + ".")), None)
+        if hit is None:
+            kept.append(path)
+        else:
+            left.append(f"{path or '<whole model>'} (object patch '{hit}')")
+    if left:
+        log.info("%s: %d region(s) left as another node replaced them, not compiled: %s", label, len(left),
+                 ", ".join(left))
+    return kept

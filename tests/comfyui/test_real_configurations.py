@@ -215,3 +215,66 @@ def test_a_first_accelerated_run_changes_no_global_state_beyond_what_the_readme_
     # (inductor itself sets private variables, _TORCHINDUCTOR_*)
     assert {k: v for k, v in changed["env"].items() if not k.startswith("_TORCHINDUCTOR")} == {}
     assert {part: diff for part, diff in changed.items() if part != "env" and diff} == {}
+
+
+class ReplacedBlock(torch.nn.Module):
+    """What another node installs with add_object_patch in place of a FLUX double block: the block, its image
+    stream scaled (a visible change)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.inner = block
+
+    def forward(self, *args, **kwargs):
+        img, txt = type(self.inner).forward(self.inner, *args, **kwargs)
+        return img * 0.8, txt
+
+
+class ScaledPart(torch.nn.Module):
+    """A part inside a block replaced by another node (as XLabs replaces `double_blocks.N.processor`)."""
+
+    def __init__(self, part):
+        super().__init__()
+        self.inner = part
+
+    def forward(self, x):
+        return self.inner(x) * 1.3
+
+
+def sample_image(model, seed=0):
+    """KSampler + VAEDecode called directly (ComfyUI's real nodes, no executor): the decoded image as HxWx3 ints."""
+    import nodes
+    clip = nodes.DualCLIPLoader().load_clip(NAMES["clip_l"], NAMES["t5"], "flux")[0]
+    vae = nodes.VAELoader().load_vae(NAMES["flux_vae"])[0]
+    pos = nodes.CLIPTextEncode().encode(clip, "a tiny red fox")[0]
+    neg = nodes.CLIPTextEncode().encode(clip, "")[0]
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    with torch.inference_mode():   # as ComfyUI's executor runs nodes
+        samples = nodes.KSampler().sample(model, seed, 2, 1.0, "euler", "simple", pos, neg, latent)[0]
+        pixels = nodes.VAEDecode().decode(vae, samples)[0][0]
+    return np.clip(255.0 * pixels.numpy(), 0, 255).astype(int)
+
+
+def test_blocks_other_nodes_replaced_are_respected_and_do_not_leak(comfy, engine, deepy_log):
+    """A block another node replaced (object patch on double_blocks.0) stays the other node's, said in the log; a
+    part replaced inside a block (double_blocks.1.img_mod.lin) is compiled with the block; the loader's model and
+    an unpatched branch keep the plain image."""
+    import nodes
+    base = nodes.UNETLoader().load_unet(NAMES["flux_unet"], "default")[0]
+    plain = sample_image(base)
+    patched = base.clone()
+    dm = base.model.diffusion_model
+    patched.add_object_patch("diffusion_model.double_blocks.0", ReplacedBlock(dm.double_blocks[0]))
+    patched.add_object_patch("diffusion_model.double_blocks.1.img_mod.lin", ScaledPart(dm.double_blocks[1].img_mod.lin))
+    eager = sample_image(patched)
+    assert np.abs(eager - plain).max() > 10                     # the other node's patches show
+    node = comfy.package.nodes.diffusion.ApplyDeepyTorchDiffusionModel()
+    accelerated = node.apply(patched, "inductor", "default", "auto", "regional", False, "auto")[0]
+    img = sample_image(accelerated)
+    acc = engine.regional.latest("Flux")
+    assert sorted(acc.compiled) == ["double_blocks.1", "single_blocks.0", "single_blocks.1"]
+    assert acc.failed is None and acc.compiled_calls == 2 * 3
+    assert np.abs(img - eager).max() <= TOL
+    assert ("DeepyTorch: Flux: 1 region(s) left as another node replaced them, not compiled: double_blocks.0 "
+            "(object patch 'diffusion_model.double_blocks.0')") in deepy_log.text
+    assert np.abs(sample_image(base) - plain).max() == 0        # nothing leaked into the loader's model
