@@ -14,6 +14,7 @@ import torch
 from comfyui.sampler_helpers import NODE, graph, sample_direct, saved_latent, write_i2i_latent
 from comfyui.sampler_helpers import parts  # noqa: F401 (a pytest fixture, requested by name)
 from devkit.tiny_models import NAMES
+from harness import workflows as wf
 from harness import xflux as xflux_harness
 
 XFLUX_DIR = xflux_harness.XFLUX_DIR
@@ -163,3 +164,31 @@ def test_parity_with_xlabs_sampler_on_an_xlabs_lora(xlabs_server):
     assert diff <= 1e-4, f"max abs diff {diff}"
     assert (ours - plain).abs().max() > 1                    # the LoRA is in effect
     assert "in float16, calling the model via blocks" in xlabs_server.log()
+
+
+def test_xlabs_lora_and_comfyui_lora_stacked_accelerated_match_xlabs_sampler(xlabs_server):
+    """An XLabs LoRA ("Load Flux LoRA") and a ComfyUI LoRA (LoraLoaderModelOnly) stacked, then "Apply DeepyTorch to
+    diffusion model", through our sampler (XLabs' blocks do not run in ComfyUI's samplers on ComfyUI >= v0.3.8):
+    the latent of XlabsSampler on the same stack, eager, within the float16 tolerance below; the ComfyUI LoRA is in
+    effect (runs after test_parity_with_xlabs_sampler_on_an_xlabs_lora, on the model it changed for good)."""
+    p = graph(samplers=("XlabsSampler", NODE, NODE, NODE), prefix="stack_lora", cfg_start=1, true_gs=3.5)
+    p["30"] = {"class_type": "FluxLoraLoader", "inputs": {"model": ["1", 0], "lora_name": NAMES["xlabs_lora"],
+                                                          "strength_model": 0.8}}
+    p["31"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["30", 0], "lora_name": NAMES["flux_lora"],
+                                                               "strength_model": 1.0}}
+    p["32"] = {"class_type": "DeepyTorchApplyDiffusionModel", "inputs": {"model": ["31", 0],
+                                                                         **wf.accel_inputs(attention="comfy")}}
+    p["9"]["inputs"]["model"] = ["31", 0]       # XlabsSampler, eager, both LoRAs
+    p["19"]["inputs"]["model"] = ["32", 0]      # ours, accelerated, both LoRAs
+    p["29"]["inputs"]["model"] = ["30", 0]      # ours, the XLabs LoRA only
+    p["39"]["inputs"]["model"] = ["31", 0]      # ours, eager, both LoRAs
+    entry = xlabs_server.run(p)
+    theirs, ours, xlabs_only, eager = (saved_latent(xlabs_server.output_dir, entry, n)
+                                       for n in ("90", "190", "290", "390"))
+    assert (eager.float() - theirs.float()).abs().max().item() <= 1e-4     # our sampler, eager: XlabsSampler's
+    scale = theirs.float().abs().max().item()
+    diff = (ours.float() - theirs.float()).abs().max().item()
+    # float16 compute (CPU): compiled kernels round apart from eager ones by a few float16 steps (5e-3 = 5 ulps)
+    assert diff <= 5e-3 * scale, f"max abs diff {diff} at a latent scale of {scale}"
+    assert (ours - xlabs_only).abs().max() > 0.05 * scale   # the ComfyUI LoRA is in effect
+    assert "DeepyTorch: Flux: compiling 4 region(s) with backend 'inductor'" in xlabs_server.log()
