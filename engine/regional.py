@@ -46,6 +46,11 @@ def find_regions(root, scope="regional"):
     return regions or [("", root)]
 
 
+def _natural(path):
+    """Sort key: 'double_blocks.10' after 'double_blocks.9'."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)]
+
+
 _live = []   # weak references to every AcceleratedModel, newest last (for diagnostics and tests)
 
 
@@ -156,6 +161,20 @@ def _out_of_memory(exc):
     return next((e for e in _chain(exc) if isinstance(e, oom)), None)
 
 
+# ComfyUI's partial loading (low-VRAM mode) marks each layer it leaves on the offload device with this attribute: such
+# a layer's weight is cast (and its LoRA applied) on every call by ComfyUI's own code.
+OFFLOADED_MARK = "prev_comfy_cast_weights"
+
+
+def _castable_layers(module):
+    """The layers of `module` ComfyUI's partial loading can leave on the offload device (its ops' layers)."""
+    return [m for m in module.modules() if hasattr(m, "comfy_cast_weights")]
+
+
+def _offloaded(layers):
+    return any(OFFLOADED_MARK in m.__dict__ for m in layers)
+
+
 def _graph_break(exc):
     unsupported = getattr(getattr(torch._dynamo, "exc", None), "Unsupported", None)
     return unsupported is not None and any(isinstance(e, unsupported) for e in _chain(exc))
@@ -180,6 +199,9 @@ class AcceleratedModel:
         self.skipped_calls = 0        # calls dynamo ran eagerly although compiled (recompile limit, skipped frame)
         self.recompile_budget = recompile_budget()
         self.over_budget = {}         # path -> the last recompile reason of a region that spent its budget
+        self.offloaded = set()        # regions ComfyUI loaded partially (low-VRAM): they run eager while so
+        self.offloaded_calls = 0
+        self._layers = {}             # path -> the region's castable layers (to see a partial load per call)
         self._recompiles_by_code = {}
         self._skip_logged = set()
         self._seen_failures = {}      # code -> guard failures already logged
@@ -194,6 +216,7 @@ class AcceleratedModel:
         """What a status page shows for this model (JSON-ready): how far it compiled and how it started."""
         return {"label": self.label, "backend": self.backend.name, "scope": self.scope, "regions": self._regions,
                 "compiled": len(self.compiled), "recompiles": self.recompiles, "start": self.start,
+                "offloaded": sorted(self.offloaded),
                 "start_counts": dict(self.start_counts), "compiled_calls": self.compiled_calls,
                 "failed": None if self.failed is None else f"{type(self.failed).__name__}: {_summary(self.failed)}"}
 
@@ -202,6 +225,7 @@ class AcceleratedModel:
         """{path: forward} to install on `root`'s blocks (or on the named `parts`); each compiles on first call."""
         regions = [(p, root.get_submodule(p)) for p in parts] if parts else find_regions(root, self.scope)
         self._regions = len(regions)
+        self._layers = {path: _castable_layers(module) for path, module in regions}
         return {path: self._region_forward(path, module) for path, module in regions}
 
     def _region_forward(self, path, module):
@@ -223,9 +247,15 @@ class AcceleratedModel:
             with accelerated.eager_context():
                 return eager(*args, **kwargs)
 
+        layers = self._layers[path]
+
         def run(*args, **kwargs):
             if path in accelerated.over_budget:
                 return eager(*args, **kwargs)
+            if _offloaded(layers):
+                accelerated._ran_offloaded(path)
+                return eager(*args, **kwargs)
+            accelerated.offloaded.discard(path)
             fn = accelerated.compiled.get(path)
             first = fn is None
             if first:
@@ -356,6 +386,20 @@ class AcceleratedModel:
         log.warning("%s: region '%s' (%s) ran eager inside torch.compile: dynamo skipped it (its recompile limit, or a "
                     "frame it cannot compile). Last recompile reason: %s", self.label, path or "<whole model>",
                     type(module).__name__, last)
+
+    def _ran_offloaded(self, path):
+        """A region ComfyUI loaded partially runs eager, on purpose: its weights are cast and LoRA-patched per call by
+        ComfyUI's own code, bound by the copy, and compiling through it would guard on each block's set of offloaded
+        layers and on LoRA strengths (a recompile per block and per strength). Once it is fully loaded again it runs
+        its compiled code. One log line per new partial load, naming every region it left eager."""
+        self.offloaded_calls += 1
+        if path in self.offloaded:
+            return
+        self.offloaded = {p for p, layers in self._layers.items() if _offloaded(layers)} | {path}
+        log.info("%s: %d of %d region(s) partially loaded by ComfyUI (low-VRAM: some of their weights stay on the "
+                 "offload device and are cast, LoRA included, on every call): they run eager while so, the others "
+                 "compiled: %s", self.label, len(self.offloaded), self._regions,
+                 ", ".join(p or "<whole model>" for p in sorted(self.offloaded, key=_natural)))
 
     def _route_error(self, exc, path, module, eager, args, kwargs):
         """An error from a compiled region goes where it belongs: an interrupt or an out-of-memory error propagates

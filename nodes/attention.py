@@ -122,6 +122,13 @@ def configure(patcher, choice):
     if has_override():
         patcher.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = sdpa_override
         return "PyTorch SDPA (per-model override)", None
+    return "PyTorch SDPA (rebound while this model's regions run)", sdpa_rebound()
+
+
+def sdpa_rebound():
+    """A context manager factory: ComfyUI's slow attention names rebound to SDPA while it is entered (around one
+    model's compiled regions), restored right after. For models ComfyUI calls without transformer_options (a
+    ControlNet's control model), where the per-model override cannot reach."""
     targets = _rebind_targets()
 
     @contextlib.contextmanager
@@ -133,4 +140,4 @@ def configure(patcher, choice):
         finally:
             for module, name, original, _ in targets:
                 setattr(module, name, original)
-    return "PyTorch SDPA (rebound while this model's regions run)", sdpa_while_running
+    return sdpa_while_running

@@ -102,6 +102,17 @@ def make_sdxl_checkpoint():
     return {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in out.items()}
 
 
+def make_sdxl_controlnet():
+    """A ControlNet for the tiny SDXL UNet in the original layout (`control_model.*`, as ControlNetLoader reads
+    SD / SDXL ControlNets): ComfyUI's own cldm.ControlNet with the UNet's config and an RGB hint."""
+    import comfy.cldm.cldm as cldm
+    import comfy.ops
+    cfg = {k: v for k, v in SDXL_UNET.items() if k not in ("out_channels", "transformer_depth_output")}
+    sd = meta_state_dict(lambda: cldm.ControlNet(hint_channels=3, dtype=torch.float32, device="meta",
+                                                 operations=comfy.ops.disable_weight_init, **cfg))
+    return {"control_model." + k: v for k, v in fill(sd, 15).items()}
+
+
 def make_xlabs_flux_lora(flux_sd, rank=4):
     """A FLUX LoRA in XLabs' format (x-flux-comfyui "Load Flux LoRA"): attention processors of the double blocks."""
     g = torch.Generator().manual_seed(11)
@@ -131,6 +142,7 @@ FILES = {
     "flux_lora_b": ("loras", "flux_lora_b.safetensors"),   # more ComfyUI-format FLUX LoRAs, to stack
     "flux_lora_c": ("loras", "flux_lora_c.safetensors"),
     "sdxl_lora": ("loras", "sdxl_lora.safetensors"),
+    "sdxl_controlnet": ("controlnet", "controlnet-canny-sdxl.safetensors"),
 }
 NAMES = {key: file for key, (_, file) in FILES.items()}
 
@@ -145,13 +157,14 @@ def generate(models_dir):
     flux = make_flux()
     sdxl = make_sdxl_checkpoint()
     content = {"flux_unet": flux, "flux_unet_fp8": {k: v.to(torch.float8_e4m3fn) for k, v in flux.items()},
-               "flux_schnell": make_flux(seed=12, guidance_embed=False), "flux_vae": make_vae(), "clip_l": make_clip_l(), "t5": make_t5(), "sdxl": sdxl,
+               "flux_schnell": make_flux(seed=12, guidance_embed=False), "flux_vae": make_vae(),
+               "clip_l": make_clip_l(), "t5": make_t5(), "sdxl": sdxl,
                "xlabs_lora": make_xlabs_flux_lora(flux), "flux_lora": flux_lora(flux),
-               "sdxl_lora": sdxl_lora(sdxl),
-               "flux_lora_b": flux_lora(flux, seed=13, targets=("double_blocks.0.img_attn.qkv", "double_blocks.1.img_mlp.2",
-                                                                 "single_blocks.1.linear1")),
-               "flux_lora_c": flux_lora(flux, seed=14, targets=("double_blocks.1.txt_attn.proj", "single_blocks.0.linear1",
-                                                                 "single_blocks.1.linear2"))}
+               "sdxl_lora": sdxl_lora(sdxl), "sdxl_controlnet": make_sdxl_controlnet(),
+               "flux_lora_b": flux_lora(flux, seed=13, targets=("double_blocks.0.img_attn.qkv",
+                                                                 "double_blocks.1.img_mlp.2", "single_blocks.1.linear1")),
+               "flux_lora_c": flux_lora(flux, seed=14, targets=("double_blocks.1.txt_attn.proj",
+                                                                 "single_blocks.0.linear1", "single_blocks.1.linear2"))}
     for key, sd in content.items():
         save_file(sd, paths[key])
     return paths

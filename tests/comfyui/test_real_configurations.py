@@ -278,3 +278,82 @@ def test_blocks_other_nodes_replaced_are_respected_and_do_not_leak(comfy, engine
     assert ("DeepyTorch: Flux: 1 region(s) left as another node replaced them, not compiled: double_blocks.0 "
             "(object patch 'diffusion_model.double_blocks.0')") in deepy_log.text
     assert np.abs(sample_image(base) - plain).max() == 0        # nothing leaked into the loader's model
+
+
+def flux_call_inputs(dm, seed=0):
+    """Inputs of one FLUX model call as ComfyUI's sampler makes them (latent, sigma, T5 context, pooled CLIP,
+    guidance), random at the tiny model's widths."""
+    g = torch.Generator().manual_seed(seed)
+    kw = {"c_crossattn": torch.randn(1, 16, dm.txt_in.in_features, generator=g),
+          "y": torch.randn(1, dm.vector_in.in_layer.in_features, generator=g)}
+    if dm.params.guidance_embed:
+        kw["guidance"] = torch.tensor([3.5])
+    return torch.randn(1, 16, 8, 8, generator=g), kw
+
+
+def offloaded_regions(dm):
+    """The blocks with a layer ComfyUI's partial load left on the offload device (it marks those layers)."""
+    blocks = [f"{c}.{i}" for c in ("double_blocks", "single_blocks") for i in range(len(getattr(dm, c)))]
+    return [p for p in blocks if any("prev_comfy_cast_weights" in m.__dict__ for m in dm.get_submodule(p).modules())]
+
+
+def partially_loaded_outputs(patcher, budget, sigmas=(1.0, 0.5)):
+    """The model's output at each sigma with ComfyUI's own partial load in effect: ModelPatcher.patch_model with
+    `lowvram_model_memory` (what load_models_gpu does when VRAM is short; on CPU ComfyUI always loads fully, so it is
+    driven directly), then the real BaseModel.apply_model. Returns (outputs, offloaded regions)."""
+    x, kw = flux_call_inputs(patcher.model.diffusion_model)
+    patcher.patch_model(device_to=patcher.load_device, lowvram_model_memory=budget)
+    try:
+        offloaded = offloaded_regions(patcher.model.diffusion_model)
+        with torch.inference_mode():
+            outs = [patcher.model.apply_model(x, torch.tensor([s]), **kw).clone() for s in sigmas]
+    finally:
+        patcher.unpatch_model(device_to=patcher.offload_device)
+    return outs, offloaded
+
+
+def test_partially_loaded_blocks_run_eager_named_in_the_log_and_compiled_again_once_fully_loaded(
+        comfy, engine, deepy_log):
+    """ComfyUI's low-VRAM partial load (a budget of 80% of the model: some layers of both double blocks stay on the
+    offload device, cast and LoRA-patched on every call by ComfyUI's LowVramPatch) + a LoRA: the partially loaded
+    blocks run eager on purpose (one log line names them), the fully loaded ones compiled; outputs within 1/255 of
+    the output scale of eager ComfyUI with the same partial load; a LoRA strength change and the later full load
+    compile nothing new beyond the blocks' first compile, and the fully loaded model matches eager too."""
+    import nodes
+    base = nodes.UNETLoader().load_unet(NAMES["flux_unet"], "default")[0]
+    node = comfy.package.nodes.diffusion.ApplyDeepyTorchDiffusionModel()
+    budget = int(base.model_size() * 0.8)
+    first = None
+    for i, strength in enumerate((1.0, 0.4)):
+        lora = nodes.LoraLoaderModelOnly().load_lora_model_only(base, NAMES["flux_lora"], strength)[0]
+        eager, offloaded = partially_loaded_outputs(lora, budget)
+        assert offloaded == ["double_blocks.0", "double_blocks.1"], offloaded   # a mix: the test means something
+        if i:   # the LoRA is in effect, patched on the fly in the offloaded layers
+            assert (eager[0] - first).abs().max() > 1e-3
+        first = eager[0]
+        accelerated = node.apply(lora, "inductor", "default", "auto", "regional", False, "auto")[0]
+        counters.clear()
+        before = dict(engine.precompiled.STATS)
+        outs, _ = partially_loaded_outputs(accelerated, budget)
+        acc = engine.regional.latest("Flux")
+        assert acc.failed is None
+        assert acc.offloaded == {"double_blocks.0", "double_blocks.1"}
+        assert (acc.offloaded_calls, acc.compiled_calls) == (2 * 2, 2 * 2)    # 2 calls x (2 eager, 2 compiled)
+        assert sorted(acc.compiled) == ["single_blocks.0", "single_blocks.1"]
+        for out, ref in zip(outs, eager):
+            assert (out - ref).abs().max() <= ref.abs().max() / 255
+        if i:
+            assert compiled_since(engine, before) == 0, "the second strength must not compile the loaded blocks again"
+        assert acc.recompiles == 0
+    assert ("DeepyTorch: Flux: 2 of 4 region(s) partially loaded by ComfyUI (low-VRAM: some of their weights stay on "
+            "the offload device and are cast, LoRA included, on every call): they run eager while so, the others "
+            "compiled: double_blocks.0, double_blocks.1") in deepy_log.text
+    # the same model fully loaded (no budget): every block compiled, the double blocks for the first time
+    eager, offloaded = partially_loaded_outputs(lora, 0)
+    assert offloaded == []
+    outs, _ = partially_loaded_outputs(accelerated, 0)
+    assert acc.offloaded == set() and sorted(acc.compiled) == [
+        "double_blocks.0", "double_blocks.1", "single_blocks.0", "single_blocks.1"]
+    assert acc.compiled_calls == 2 * 2 + 2 * 4 and acc.recompiles == 0 and acc.failed is None
+    for out, ref in zip(outs, eager):
+        assert (out - ref).abs().max() <= ref.abs().max() / 255

@@ -1,0 +1,54 @@
+import torch
+
+from ..engine import log
+from . import attention
+from .accelerate import accelerate
+from .common import CATEGORY, compile_inputs
+
+
+class ApplyDeepyTorchControlNet:
+    """CONTROL_NET -> CONTROL_NET: a copy whose control model runs compiled; the loader's ControlNet (and every
+    branch using it) stays eager."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "control_net": ("CONTROL_NET", {"tooltip": "The ControlNet to accelerate, from Load ControlNet Model / "
+                                                       "DiffControlNetLoader; connect the output to Apply ControlNet. "
+                                                       "The input ControlNet itself is left unchanged."}),
+            **compile_inputs(),
+        }}
+
+    RETURN_TYPES = ("CONTROL_NET",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Compiles the ControlNet's repeated blocks on first use with the best backend available (it runs "
+                   "on every sampling step, outside the diffusion model).")
+
+    def apply(self, control_net, backend, mode, dynamic):
+        return (accelerate_controlnet(control_net, backend, mode, dynamic),)
+
+
+def accelerate_controlnet(control_net, backend="auto", mode="default", dynamic="auto"):
+    """A copy of `control_net` whose control model's blocks are compiled (object patches on a clone of its
+    ModelPatcher, applied while ComfyUI has that clone loaded), or `control_net` itself, with a log line, when it is
+    of a kind that cannot be accelerated."""
+    model = getattr(control_net, "control_model", None)
+    patcher = getattr(control_net, "control_model_wrapped", None)
+    if not isinstance(model, torch.nn.Module) or patcher is None:
+        why = ("it builds its model when sampling starts" if hasattr(control_net, "control_weights") else
+               "it has no control model ComfyUI loads as a model")
+        log.info("Apply DeepyTorch to controlnet: %s passes through unchanged: %s", type(control_net).__name__, why)
+        return control_net
+    out = control_net.copy()
+    out.control_model_wrapped = patcher.clone()   # the copy's own patcher: its object patches are the compiled blocks
+    label = f"ControlNet {type(model).__name__}"
+    accelerated = accelerate(out.control_model_wrapped, "", label, backend, mode, dynamic,
+                             context=attention.context("auto"))
+    if accelerated is not None and attention.comfy_uses_slow_attention() and hasattr(attention._attention(),
+                                                                                    "attention_pytorch"):
+        # ComfyUI calls the control model without transformer_options: the per-model override cannot reach it
+        accelerated.call_context = attention.sdpa_rebound()
+        accelerated.eager_context = attention.comfy_attention
+        log.info("%s: attention: PyTorch SDPA (rebound while its regions run)", label)
+    return out
