@@ -1,6 +1,9 @@
+import types
+
 import torch
 
 from ..engine import log
+from ..engine.hint_cache import HintCache
 from . import attention
 from .accelerate import accelerate
 from .common import CATEGORY, compile_inputs
@@ -43,6 +46,7 @@ def accelerate_controlnet(control_net, backend="auto", mode="default", dynamic="
     out = control_net.copy()
     out.control_model_wrapped = patcher.clone()   # the copy's own patcher: its object patches are the compiled blocks
     label = f"ControlNet {type(model).__name__}"
+    cache_hint(out.control_model_wrapped, label)
     accelerated = accelerate(out.control_model_wrapped, "", label, backend, mode, dynamic,
                              context=attention.context("auto"))
     if accelerated is not None and attention.comfy_uses_slow_attention() and hasattr(attention._attention(),
@@ -52,3 +56,21 @@ def accelerate_controlnet(control_net, backend="auto", mode="default", dynamic="
         accelerated.eager_context = attention.comfy_attention
         log.info("%s: attention: PyTorch SDPA (rebound while its regions run)", label)
     return out
+
+
+def cache_hint(patcher, label):
+    """The hint network (`input_hint_block`) computed once per control image, as an object patch of this patcher.
+    Only where it is plain layers: blocks that use the timestep embedding or the context it is handed would change
+    with the step."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock, TimestepEmbedSequential
+    block = getattr(patcher.model, "input_hint_block", None)
+    if not isinstance(block, torch.nn.Module):
+        return None
+    if any(isinstance(m, (TimestepBlock, SpatialTransformer)) and not isinstance(m, TimestepEmbedSequential)
+           for m in block.modules()):
+        log.info("%s: its hint network uses the step; computed on every call as in ComfyUI", label)
+        return None
+    cache = HintCache(types.MethodType(type(block).forward, block))
+    patcher.add_object_patch("input_hint_block.forward", cache)
+    return cache

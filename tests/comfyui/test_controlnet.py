@@ -27,10 +27,11 @@ def sdxl(comfy):
     return model, vae, pos, neg, hint
 
 
-def image(sdxl, control_net=None, strength=1.0, start=0.0, end=1.0):
+def image(sdxl, control_net=None, strength=1.0, start=0.0, end=1.0, hint=None):
     """KSampler (2 steps, cfg 5) + VAEDecode with the ControlNet applied by ComfyUI's ControlNetApplyAdvanced."""
     import nodes
-    model, vae, pos, neg, hint = sdxl
+    model, vae, pos, neg, default_hint = sdxl
+    hint = default_hint if hint is None else hint
     if control_net is not None:
         pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, control_net, hint, strength, start,
                                                                     end)[:2]
@@ -43,8 +44,9 @@ def image(sdxl, control_net=None, strength=1.0, start=0.0, end=1.0):
 
 def test_accelerated_controlnet_matches_eager_and_leaves_the_loaders_controlnet_eager(comfy, sdxl, deepy_log):
     """The node's ControlNet: its control model's blocks compiled (every region, every call counted), the image
-    within 1/255 of eager ComfyUI's; strength and start / end changes compile nothing; the loader's ControlNet, used
-    afterwards, gives its first image bit for bit and runs no compiled code."""
+    within 1/255 of eager ComfyUI's; its hint network runs once per control image (across steps and runs); strength
+    and start / end changes compile nothing; the loader's ControlNet, used afterwards, gives its first image bit for
+    bit and runs no compiled code."""
     import nodes
     engine = comfy.package.engine
     loaded = nodes.ControlNetLoader().load_controlnet(NAMES["sdxl_controlnet"])[0]
@@ -64,6 +66,8 @@ def test_accelerated_controlnet_matches_eager_and_leaves_the_loaders_controlnet_
     calls = acc.compiled_calls
     assert calls >= 2 * regions and calls % regions == 0                  # every region compiled on every call
     assert np.abs(img - eager[settings[0]]).max() <= TOL
+    hints = accelerated.control_model_wrapped.object_patches["input_hint_block.forward"]
+    assert hints.computed == 1 and hints.reused == calls // regions - 1   # the hint network ran once in the run
     for s in settings[1:]:
         counters.clear()
         before = dict(engine.precompiled.STATS)
@@ -71,6 +75,11 @@ def test_accelerated_controlnet_matches_eager_and_leaves_the_loaders_controlnet_
         assert np.abs(img - eager[s]).max() <= TOL, s
         assert compiled_since(engine, before) == 0, f"{s}: a strength / window change must not compile"
     assert acc.recompiles == 0
+    assert hints.computed == 1, "runs with the same control image must reuse its hint features"
+    other = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(6))
+    img = image(sdxl, accelerated, hint=other)
+    assert hints.computed == 2                                              # a new control image: computed again
+    assert np.abs(img - image(sdxl, loaded, hint=other)).max() <= TOL
     # the loader's ControlNet afterwards: stock ComfyUI, bit for bit, no compiled call, nothing compiled
     counters.clear()
     before, calls = dict(engine.precompiled.STATS), acc.compiled_calls
