@@ -1,4 +1,4 @@
-# ComfyUI-DeepyTorch: `make test` sets everything up and runs the tests; `make demo` runs the FLUX example.
+# ComfyUI-DeepyTorch: `make test` sets everything up and runs the tests; `make demo` shows the speed-up on this CPU.
 PYTHON ?= python3
 CACHE_DIR ?= $(HOME)/.cache/comfyui-deepytorch
 VENV ?= $(CACHE_DIR)/venv
