@@ -113,6 +113,18 @@ def make_sdxl_controlnet():
     return {"control_model." + k: v for k, v in fill(sd, 15).items()}
 
 
+def make_flux_controlnet():
+    """XLabs' FLUX ControlNet format (the guide's flux-canny-controlnet-v3: double blocks only, a convolutional hint
+    network for the control image), built with ComfyUI's own ControlNetFlux at the tiny FLUX widths; ComfyUI's
+    ControlNetLoader reads it."""
+    import comfy.ldm.flux.controlnet as flux_controlnet
+    import comfy.ops
+    cfg = dict(FLUX, depth=2, depth_single_blocks=0)
+    sd = meta_state_dict(lambda: flux_controlnet.ControlNetFlux(mistoline=False, dtype=torch.float32, device="meta",
+                                                                operations=comfy.ops.disable_weight_init, **cfg))
+    return fill(sd, 16)
+
+
 def make_xlabs_flux_lora(flux_sd, rank=4):
     """A FLUX LoRA in XLabs' format (x-flux-comfyui "Load Flux LoRA"): attention processors of the double blocks."""
     g = torch.Generator().manual_seed(11)
@@ -143,6 +155,7 @@ FILES = {
     "flux_lora_c": ("loras", "flux_lora_c.safetensors"),
     "sdxl_lora": ("loras", "sdxl_lora.safetensors"),
     "sdxl_controlnet": ("controlnet", "controlnet-canny-sdxl.safetensors"),
+    "flux_controlnet": ("controlnet", "flux-canny-controlnet-v3.safetensors"),   # XLabs' format
 }
 NAMES = {key: file for key, (_, file) in FILES.items()}
 
@@ -161,6 +174,7 @@ def generate(models_dir):
                "clip_l": make_clip_l(), "t5": make_t5(), "sdxl": sdxl,
                "xlabs_lora": make_xlabs_flux_lora(flux), "flux_lora": flux_lora(flux),
                "sdxl_lora": sdxl_lora(sdxl), "sdxl_controlnet": make_sdxl_controlnet(),
+               "flux_controlnet": make_flux_controlnet(),
                "flux_lora_b": flux_lora(flux, seed=13, targets=("double_blocks.0.img_attn.qkv",
                                                                  "double_blocks.1.img_mlp.2", "single_blocks.1.linear1")),
                "flux_lora_c": flux_lora(flux, seed=14, targets=("double_blocks.1.txt_attn.proj",
