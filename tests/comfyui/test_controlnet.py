@@ -26,7 +26,12 @@ def setup(comfy, request):
     """(kind, model, vae, positive, negative, control image, KSampler settings) for the tiny SDXL checkpoint or the
     tiny FLUX-dev files."""
     import nodes
-    if request.param == "sdxl":
+    with torch.inference_mode():   # loaded as ComfyUI's executor loads them: their weights are inference tensors
+        return request.param, *models(nodes, request.param)
+
+
+def models(nodes, kind):
+    if kind == "sdxl":
         model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(NAMES["sdxl"])[:3]
         sampling = dict(channels=4, cfg=5.0, scheduler="normal")
     else:
@@ -37,7 +42,7 @@ def setup(comfy, request):
     pos = nodes.CLIPTextEncode().encode(clip, "a tiny red fox")[0]
     neg = nodes.CLIPTextEncode().encode(clip, "")[0]
     hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))   # an IMAGE: a control picture
-    return request.param, model, vae, pos, neg, hint, sampling
+    return model, vae, pos, neg, hint, sampling
 
 
 def image(setup, control_net=None, strength=1.0, start=0.0, end=1.0, hint=None):
@@ -63,7 +68,8 @@ def test_accelerated_controlnet_matches_eager_and_leaves_the_loaders_controlnet_
     bit and runs no compiled code."""
     import nodes
     engine = comfy.package.engine
-    loaded = nodes.ControlNetLoader().load_controlnet(KINDS[setup[0]])[0]
+    with torch.inference_mode():   # as the executor runs the loader (the blocks' compiled code guards on it)
+        loaded = nodes.ControlNetLoader().load_controlnet(KINDS[setup[0]])[0]
     plain = image(setup)
     settings = [(1.0, 0.0, 1.0), (0.5, 0.0, 1.0), (1.0, 0.0, 0.5)]
     eager = {s: image(setup, loaded, *s) for s in settings}

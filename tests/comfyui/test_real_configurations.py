@@ -302,13 +302,13 @@ def partially_loaded_outputs(patcher, budget, sigmas=(1.0, 0.5)):
     `lowvram_model_memory` (what load_models_gpu does when VRAM is short; on CPU ComfyUI always loads fully, so it is
     driven directly), then the real BaseModel.apply_model. Returns (outputs, offloaded regions)."""
     x, kw = flux_call_inputs(patcher.model.diffusion_model)
-    patcher.patch_model(device_to=patcher.load_device, lowvram_model_memory=budget)
-    try:
-        offloaded = offloaded_regions(patcher.model.diffusion_model)
-        with torch.inference_mode():
+    with torch.inference_mode():   # as ComfyUI's sampler loads and runs the model
+        patcher.patch_model(device_to=patcher.load_device, lowvram_model_memory=budget)
+        try:
+            offloaded = offloaded_regions(patcher.model.diffusion_model)
             outs = [patcher.model.apply_model(x, torch.tensor([s]), **kw).clone() for s in sigmas]
-    finally:
-        patcher.unpatch_model(device_to=patcher.offload_device)
+        finally:
+            patcher.unpatch_model(device_to=patcher.offload_device)
     return outs, offloaded
 
 
@@ -320,12 +320,14 @@ def test_partially_loaded_blocks_run_eager_named_in_the_log_and_compiled_again_o
     the output scale of eager ComfyUI with the same partial load; a LoRA strength change and the later full load
     compile nothing new beyond the blocks' first compile, and the fully loaded model matches eager too."""
     import nodes
-    base = nodes.UNETLoader().load_unet(NAMES["flux_unet"], "default")[0]
+    with torch.inference_mode():   # loaded as ComfyUI's executor loads it: its weights are inference tensors
+        base = nodes.UNETLoader().load_unet(NAMES["flux_unet"], "default")[0]
     node = comfy.package.nodes.diffusion.ApplyDeepyTorchDiffusionModel()
     budget = int(base.model_size() * 0.8)
     first = None
     for i, strength in enumerate((1.0, 0.4)):
-        lora = nodes.LoraLoaderModelOnly().load_lora_model_only(base, NAMES["flux_lora"], strength)[0]
+        with torch.inference_mode():
+            lora = nodes.LoraLoaderModelOnly().load_lora_model_only(base, NAMES["flux_lora"], strength)[0]
         eager, offloaded = partially_loaded_outputs(lora, budget)
         assert offloaded == ["double_blocks.0", "double_blocks.1"], offloaded   # a mix: the test means something
         if i:   # the LoRA is in effect, patched on the fly in the offloaded layers
