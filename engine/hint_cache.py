@@ -32,9 +32,6 @@ class HintCache:
         self._entries = self._entries[-(ENTRIES - 1):] + [(hint.detach().clone(), features)]
         return features
 
-    def clear(self):
-        self._entries = []
-
 
 def _same(seen, hint):
     return (isinstance(hint, torch.Tensor) and hint.shape == seen.shape and hint.dtype == seen.dtype

@@ -9,13 +9,9 @@ import torch
 from torch._dynamo.utils import counters
 
 from devkit.tiny_models import NAMES
+from harness.counting import compiled_since
 
 TOL = 1   # 1/255: float32 compute on CPU, compiled vs eager
-
-
-def compiled_since(engine, before):
-    stats = engine.precompiled.STATS
-    return counters["stats"]["unique_graphs"] + stats["bakes"] - before["bakes"] + stats["loads"] - before["loads"]
 
 
 KINDS = {"sdxl": NAMES["sdxl_controlnet"], "flux": NAMES["flux_controlnet"]}

@@ -12,6 +12,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from devkit.tiny_models import NAMES
+from harness.counting import compiled_since
 from harness import workflows as wf
 
 TOL = 1   # 1/255: float32 compute on CPU, compiled vs eager
@@ -20,12 +21,6 @@ TOL = 1   # 1/255: float32 compute on CPU, compiled vs eager
 @pytest.fixture
 def engine(comfy):
     return comfy.package.engine
-
-
-def compiled_since(engine, before):
-    """Compiles of any kind since `before` (a copy of engine.precompiled.STATS taken after counters.clear())."""
-    stats = engine.precompiled.STATS
-    return counters["stats"]["unique_graphs"] + stats["bakes"] - before["bakes"] + stats["loads"] - before["loads"]
 
 
 def weight(model_patcher, key):

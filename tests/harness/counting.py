@@ -1,0 +1,8 @@
+"""What the tests count to tell that nothing compiled: dynamo frames and DeepyTorch's precompiled artifacts."""
+from torch._dynamo.utils import counters
+
+
+def compiled_since(engine, before):
+    """Compiles of any kind since `before` (a copy of engine.precompiled.STATS taken after counters.clear())."""
+    stats = engine.precompiled.STATS
+    return counters["stats"]["unique_graphs"] + stats["bakes"] - before["bakes"] + stats["loads"] - before["loads"]
