@@ -5,6 +5,8 @@ is the ComfyUI glue: the model is loaded with load_models_gpu (so object patches
 or XLabs' LoRA processors, are in place), called through nodes.flux_model_call, with ComfyUI's progress bar, latent
 preview and Cancel.
 """
+import contextlib
+
 import torch
 
 import comfy.model_management as mm
@@ -13,6 +15,7 @@ import latent_preview
 from ..engine import flux_sampling as fs
 from ..engine import log
 from .common import CATEGORY
+from . import xlabs_controlnet
 from .flux_model_call import FluxCall, is_flux
 
 NODE = "DeepTorch Sampler"
@@ -32,6 +35,10 @@ class _Cond:
         if txt.ndim != 3 or txt.shape[-1] != context_dim:
             raise ValueError(f"{NODE}: {name} has shape {tuple(txt.shape)}, the FLUX model expects (batch, tokens, "
                              f"{context_dim})")
+        if any(entry[1].get("control") is not None for entry in conditioning):
+            raise ValueError(f"{NODE}: {name} carries a ControlNet from ComfyUI's Apply ControlNet, which XLabs' "
+                             "sampling cannot apply (XlabsSampler ignores it): connect x-flux-comfyui's 'Apply Flux "
+                             "ControlNet' to controlnet_condition, or sample with KSampler")
         if len(conditioning) > 1:
             log.info("%s: %s has %d entries; only the first is used (as XlabsSampler)", NODE, name,
                      len(conditioning))
@@ -50,32 +57,6 @@ def _check_batches(pos, neg, batch):
     for c in (pos, neg):
         if c.batch not in (1, batch):
             raise ValueError(f"{NODE}: {c.name} has batch {c.batch} but latent_image has batch {batch}")
-
-
-class _ControlNets:
-    """XLabs ControlNet conditions (x-flux-comfyui "Apply Flux ControlNet"): residuals for the double blocks."""
-
-    def __init__(self, conditions, height, width, device, dtype, schedule_len):
-        self.items = []
-        for el in conditions:
-            image = torch.nn.functional.interpolate(el["img"], size=(height, width), scale_factor=None, mode="bicubic")
-            net = el["model"]
-            net.to(device, dtype=dtype)
-            self.items.append((net, image.to(device, dtype=dtype), el["controlnet_strength"],
-                               int(el["start"] * schedule_len), int(el["end"] * schedule_len)))
-
-    def residuals(self, step, img, img_ids, cond, t_vec, guidance_vec):
-        states = None
-        for net, image, strength, start, end in self.items:
-            if not start <= step <= end:
-                continue
-            samples = net(img=img, img_ids=img_ids, controlnet_cond=image, txt=cond.txt, txt_ids=cond.txt_ids,
-                          y=cond.vec, timesteps=t_vec, guidance=guidance_vec)
-            if states is None:
-                states = [s * strength for s in samples]
-            elif len(states) == len(samples):
-                states = [a + s * strength for a, s in zip(states, samples)]
-        return states
 
 
 class DeepTorchXlabsSampler:
@@ -160,29 +141,33 @@ class DeepTorchXlabsSampler:
         img_ids = fs.image_ids(p.batch, h, w, device, dtype)
         guidance = 1.0 if pos.guidance is None else pos.guidance
         guidance_vec = torch.full((p.batch,), guidance, device=device, dtype=dtype)
-        controls = None
-        if controlnet_condition:
-            controls = _ControlNets(controlnet_condition, p.height, p.width, device, dtype, p.schedule_len)
         log.info("%s: %d step(s) at %dx%d, batch %d, in %s, calling the model via %s%s", NODE, p.steps, p.width,
                  p.height, p.batch, str(dtype).replace("torch.", ""), call.path,
                  ", image-to-image" if p.img2img else "")
-
-        def model_fn(img, t_vec, negative, step):
-            cond = neg if negative else pos
-            residuals = None
-            if controls is not None:
-                residuals = controls.residuals(step, img, img_ids, cond, t_vec, guidance_vec)
-            return call(img, img_ids, cond.txt, cond.txt_ids, t_vec, cond.vec, guidance_vec, negative, residuals)
-
         preview = latent_preview.prepare_callback(model, p.steps)
 
         def callback(step, img, pred, t_curr, t_prev, total):
             x0 = fs.unpack(fs.predicted_x0(img, pred, t_curr), p.height, p.width).float()
             preview(step, x0, img, total)
 
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            controls = None
+            if controlnet_condition:
+                controls = xlabs_controlnet.prepare(controlnet_condition, p.height, p.width, p.schedule_len, device,
+                                                    dtype, xlabs_controlnet.accelerated_of(model), stack)
+
+            def model_fn(img, t_vec, negative, step):
+                cond = neg if negative else pos
+                residuals = None
+                if controls is not None:
+                    residuals = controls(step, negative, lambda c: c.net(
+                        img=img, img_ids=img_ids, controlnet_cond=c.image, txt=cond.txt, txt_ids=cond.txt_ids,
+                        y=cond.vec, timesteps=t_vec, guidance=guidance_vec))
+                return call(img, img_ids, cond.txt, cond.txt_ids, t_vec, cond.vec, guidance_vec, negative, residuals)
+
             img = fs.euler(model_fn, p.start, p.timesteps, true_gs, timestep_to_start_cfg, callback,
                            mm.throw_exception_if_processing_interrupted)
+        xlabs_controlnet.report(controls)
         out = fs.finish(img, p).to(mm.intermediate_device(), dtype=torch.float32)
         return ({"samples": out},)
 

@@ -243,6 +243,15 @@ def test_batch_mismatch_and_bad_latent_are_refused(comfy, parts):
         sample_direct(comfy, parts, pos=[[parts.pos[0][0], {}]])
     assert str(e.value) == ("DeepTorch Sampler: conditioning has no pooled_output (encode it with a FLUX text "
                             "encoder, e.g. DualCLIPLoader type flux)")
+    # a ComfyUI ControlNet (Apply ControlNet) on the conditioning: XLabs' sampling cannot apply it, said, not ignored
+    n = comfy.nodes.NODE_CLASS_MAPPINGS
+    control_net = n["ControlNetLoader"]().load_controlnet(NAMES["flux_controlnet"])[0]
+    controlled = n["ControlNetApply"]().apply_controlnet(parts.neg, control_net, torch.zeros(1, 64, 64, 3), 0.8)[0]
+    with pytest.raises(ValueError) as e:
+        sample_direct(comfy, parts, neg=controlled)
+    assert str(e.value) == ("DeepTorch Sampler: neg_conditioning carries a ControlNet from ComfyUI's Apply "
+                            "ControlNet, which XLabs' sampling cannot apply (XlabsSampler ignores it): connect "
+                            "x-flux-comfyui's 'Apply Flux ControlNet' to controlnet_condition, or sample with KSampler")
     # a batch-1 conditioning broadcasts to the latent's batch, as XLabs' prepare()
     out = sample_direct(comfy, parts, pos=cond(parts.pos, 2), latent={"samples": torch.zeros(2, 4, 8, 8)})
     assert out.shape == (2, 16, 8, 8)

@@ -76,30 +76,146 @@ def test_xlabs_blocks_use_the_block_path_and_match_xlabs_code(comfy, parts, xflu
     assert torch.equal(stock, xlabs_reference(xflux, parts.model, parts.pos, parts.neg, **kw))
 
 
-def test_xlabs_controlnet_condition_matches_xlabs_code(comfy, parts, xflux):
+RESIDUAL_GAIN = 20
+
+
+def xlabs_controlnet(xflux, seed=0):
+    """x-flux's own ControlNetFlux at the tiny FLUX widths, every weight random (XLabs zero-initialises the residual
+    layers, which would make it add nothing)."""
     fp = xflux.controlnet.FluxParams(in_channels=64, vec_in_dim=32, context_in_dim=32, hidden_size=64, mlp_ratio=4.0,
                                      num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000,
                                      qkv_bias=True, guidance_embed=True)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = xflux.controlnet.ControlNetFlux(fp)
     with torch.no_grad():
-        for p in net.parameters():     # XLabs zero-initialises the residual layers: give them weights
+        for p in net.parameters():
             p.copy_(torch.randn(p.shape) / max(1, p.shape[-1]) ** 0.5)
-    image = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    condition = [{"img": image, "controlnet_strength": 0.7, "model": net, "start": 0.0, "end": 1.0}]
+        for p in net.controlnet_blocks.parameters():   # residuals large enough to move the tiny model's latents
+            p.mul_(RESIDUAL_GAIN)
+    return net
+
+
+def control_image(seed=3):
+    return torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def conditions(net, image, *windows):
+    """x-flux's ControlNetCondition: one entry per (strength, start, end)."""
+    return [{"img": image, "controlnet_strength": s, "model": net, "start": a, "end": b} for s, a, b in windows]
+
+
+def containers_of(xflux, condition):
+    """XlabsSampler's ControlNetContainers for a condition (its resize, its window)."""
+    def make(n):
+        return [xflux.utils.ControlNetContainer(
+            el["model"], torch.nn.functional.interpolate(el["img"], size=(64, 64), mode="bicubic"),
+            el["controlnet_strength"], int(el["start"] * n), int(el["end"] * n)) for el in condition]
+    return make
+
+
+def test_xlabs_controlnet_condition_matches_xlabs_code(comfy, parts, xflux):
+    net = xlabs_controlnet(xflux)
+    condition = conditions(net, control_image(), (0.7, 0.0, 1.0))
     kw = dict(steps=3, cfg_start=2, true_gs=2.0)
     out = sample_direct(comfy, parts, controlnet_condition=condition, **kw)
-
-    def containers(n):
-        img = torch.nn.functional.interpolate(image, size=(64, 64), mode="bicubic")
-        return [xflux.utils.ControlNetContainer(net, img, 0.7, int(0.0 * n), int(1.0 * n))]
-    ref = xlabs_reference(xflux, parts.model, parts.pos, parts.neg, containers=containers, **kw)
-    assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
+    ref = xlabs_reference(xflux, parts.model, parts.pos, parts.neg, containers=containers_of(xflux, condition), **kw)
+    assert torch.equal(out, ref)
     plain = sample_direct(comfy, parts, **kw)
     assert (out - plain).abs().max() > 1                # the ControlNet changed the result
 
 
+@pytest.mark.parametrize("windows,kw", [
+    ([(0.7, 0.0, 0.5)], dict(steps=4, cfg_start=1, true_gs=3.0)),      # after the window: the positive branch
+    ([(0.7, 0.0, 1.0), (0.5, 0.4, 0.8)], dict(steps=5, cfg_start=2, true_gs=2.5)),   # reuses the latest output
+], ids=["window_true_cfg", "chain_second_late"])
+def test_xlabs_controlnet_windows_and_chains_match_xlabs_code(comfy, parts, xflux, windows, kw):
+    """XLabs' positive branch adds the latest ControlNet output also outside a ControlNet's window (its previous
+    step's, or the one before it in the chain computed this step); its negative branch only inside. Same here."""
+    net = xlabs_controlnet(xflux)
+    condition = conditions(net, control_image(), *windows)
+    out = sample_direct(comfy, parts, controlnet_condition=condition, **kw)
+    ref = xlabs_reference(xflux, parts.model, parts.pos, parts.neg, containers=containers_of(xflux, condition), **kw)
+    assert torch.equal(out, ref)                        # eager float32, the same operations: exact
+    skipped = xlabs_reference(xflux, parts.model, parts.pos, parts.neg, **kw)    # (no ControlNet at all)
+    assert (out - skipped).abs().max() > 1
+
+
+def test_xlabs_controlnet_starting_late_adds_nothing_where_xlabs_raises(comfy, parts, xflux, deepy_log):
+    """XlabsSampler fails (UnboundLocalError) when the first step is outside every window; here those steps run
+    without a residual, said in the log, and the steps inside the window use the ControlNet."""
+    net = xlabs_controlnet(xflux)
+    condition = conditions(net, control_image(), (0.7, 0.5, 1.0))
+    kw = dict(steps=4, cfg_start=20)
+    with pytest.raises(UnboundLocalError):
+        xlabs_reference(xflux, parts.model, parts.pos, parts.neg, containers=containers_of(xflux, condition), **kw)
+    out = sample_direct(comfy, parts, controlnet_condition=condition, **kw)
+    # schedule of 5 timesteps: window int(0.5 * 5) = 2 .. 5, so steps 0 and 1 have no output to use
+    assert "2 ControlNet use(s) before any ControlNet output existed" in deepy_log.text
+    plain = sample_direct(comfy, parts, **kw)
+    full = sample_direct(comfy, parts, controlnet_condition=conditions(net, control_image(), (0.7, 0.0, 1.0)), **kw)
+    assert (out - plain).abs().max() > 1 and (out - full).abs().max() > 1
+
+
+def test_xlabs_controlnet_compiled_with_the_accelerated_model_and_left_as_it_was(comfy, parts, xflux, deepy_log):
+    """With the model from "Apply DeepyTorch to diffusion model", the ControlNet's double blocks run compiled (its
+    AcceleratedModel counts graph calls), installed for the sampling call only; the hint network runs once per control
+    image across runs; the user's module keeps its own tensors (bfloat16 here, sampled in float32) and forwards; a
+    strength change compiles nothing. Latents: XLabs' code on the same ControlNet within 1e-4 (compiled vs eager)."""
+    from harness.counting import compiled_since
+    from torch._dynamo.utils import counters
+    engine = comfy.package.engine
+    n = comfy.nodes.NODE_CLASS_MAPPINGS
+    net = xlabs_controlnet(xflux).to(torch.bfloat16)
+    tensors = {name: (t.data_ptr(), t.dtype) for name, t in net.state_dict(keep_vars=True).items()}
+    image = control_image()
+    kw = dict(steps=3, cfg_start=1, true_gs=2.0)
+    with torch.inference_mode():
+        model = n["DeepyTorchApplyDiffusionModel"]().apply(parts.model, **wf.accel_inputs("inductor"))[0]
+    out = sample_direct(comfy, parts, model=model, controlnet_condition=conditions(net, image, (0.7, 0.0, 1.0)), **kw)
+    acc = engine.regional.latest("XLabs ControlNet ControlNetFlux")
+    assert acc is not None and len(acc.compiled) == 2
+    calls = 2 * (3 + 2)                                  # 2 blocks x (3 positive + 2 negative ControlNet calls)
+    assert acc.compiled_calls == calls and acc.skipped_calls == 0
+    model_calls = engine.regional.latest("Flux").compiled_calls
+    assert "1 XLabs ControlNet condition(s), compiled with the model's backend 'inductor'" in deepy_log.text
+    # the user's ControlNet: its own tensors, dtype and forwards
+    assert {name: (t.data_ptr(), t.dtype) for name, t in net.state_dict(keep_vars=True).items()} == tensors
+    assert not [name for name, m in net.named_modules() if "forward" in m.__dict__]
+    hint = engine_state(comfy, net).hint
+    assert (hint.computed, hint.reused) == (1, 4)
+    # XLabs' code (it casts the ControlNet in place: a copy) on the eager model
+    ref_net = xlabs_controlnet(xflux).to(torch.bfloat16)
+    ref_net.load_state_dict(net.state_dict())
+    ref = xlabs_reference(xflux, parts.model, parts.pos, parts.neg,
+                          containers=containers_of(xflux, conditions(ref_net, image, (0.7, 0.0, 1.0))), **kw)
+    assert (out - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()
+    # a new strength, the same image: nothing compiles, the hint is reused, the result follows the strength
+    counters.clear()
+    before = dict(engine.precompiled.STATS)
+    stronger = sample_direct(comfy, parts, model=model, controlnet_condition=conditions(net, image, (3.0, 0.0, 1.0)),
+                             **kw)
+    assert compiled_since(engine, before) == 0
+    assert acc.compiled_calls == 2 * calls and hint.computed == 1
+    eager = sample_direct(comfy, parts, controlnet_condition=conditions(net, image, (3.0, 0.0, 1.0)), **kw)
+    assert acc.compiled_calls == 2 * calls              # the eager model's run: the ControlNet ran eager too
+    scale = eager.abs().max().item()
+    assert (stronger - eager).abs().max().item() <= 1e-4 * scale
+    assert not torch.equal(stronger, out)               # the new strength is in effect
+    flux = engine.regional.latest("Flux")
+    assert flux.compiled_calls == 2 * model_calls and model_calls == 4 * (3 + 2) and flux.skipped_calls == 0
+
+
+def engine_state(comfy, net):
+    return comfy.package.nodes.xlabs_controlnet.state(net)
+
+
 # -- parity with XlabsSampler itself: real server, --fp16-unet, x-flux-comfyui loaded --------------------------
+def write_control_image(path):
+    from PIL import Image
+    pixels = (torch.rand(48, 48, 3, generator=torch.Generator().manual_seed(5)) * 255).to(torch.uint8)
+    Image.fromarray(pixels.numpy()).save(path)
+
+
 @pytest.fixture(scope="module")
 def xlabs_server(comfy, tmp_path_factory):
     xflux = xflux_harness
@@ -114,6 +230,7 @@ def xlabs_server(comfy, tmp_path_factory):
             print(problem)
             pytest.skip(problem)
         write_i2i_latent(os.path.join(s.base_dir, "input"))
+        write_control_image(os.path.join(s.base_dir, "input", CONTROL_IMAGE))
         s.info = s.object_info()
         yield s
     finally:
@@ -149,6 +266,54 @@ def test_parity_with_xlabs_sampler(xlabs_server, case):
     diff = (ours.float() - theirs.float()).abs().max().item()
     assert diff <= 1e-4, f"max abs diff {diff}"
     assert "DeepTorch Sampler: " in xlabs_server.log() and "in float16" in xlabs_server.log()
+
+
+CONTROL_IMAGE = "deepytorch_control.png"
+
+
+def xlabs_controlnet_graph(prefix, samplers, cfg_start=1, true_gs=3.0, strength=0.8, start=0.0, end=1.0, **kw):
+    """x-flux's Load Flux ControlNet (the guide's canny ControlNet file) + Apply Advanced Flux ControlNet on a
+    control image, into every sampler of the graph."""
+    p = graph(samplers=samplers, prefix=prefix, cfg_start=cfg_start, true_gs=true_gs, **kw)
+    p["40"] = {"class_type": "LoadFluxControlNet", "inputs": {"model_name": "flux-dev",
+                                                               "controlnet_path": NAMES["flux_controlnet"]}}
+    p["41"] = {"class_type": "LoadImage", "inputs": {"image": CONTROL_IMAGE}}
+    p["42"] = {"class_type": "ApplyAdvancedFluxControlNet", "inputs": {
+        "controlnet": ["40", 0], "image": ["41", 0], "strength": strength, "start": start, "end": end}}
+    for i in range(len(samplers)):
+        p[str(9 + 10 * i)]["inputs"]["controlnet_condition"] = ["42", 0]
+    return p
+
+
+@pytest.mark.parametrize("case", [
+    dict(),                                                   # the whole schedule, true CFG from step 1
+    dict(end=0.5, strength=1.3),                              # after the window XLabs reuses the last residual
+    dict(cfg_start=20, seed=3),                               # no true CFG
+], ids=["full", "window_end_0.5", "no_cfg"])
+def test_parity_with_xlabs_sampler_with_an_xlabs_controlnet(xlabs_server, case):
+    entry = xlabs_server.run(xlabs_controlnet_graph("cn_parity", ("XlabsSampler", NODE), **case))
+    theirs, ours = (saved_latent(xlabs_server.output_dir, entry, n) for n in ("90", "190"))
+    diff = (ours.float() - theirs.float()).abs().max().item()
+    assert diff <= 1e-4, f"max abs diff {diff}"
+
+
+def test_xlabs_controlnet_accelerated_matches_xlabs_sampler(xlabs_server):
+    """With "Apply DeepyTorch to diffusion model" the XLabs ControlNet's blocks run compiled too (2 regions, logged),
+    within the float16 tolerance of the stacked-LoRA test below; without the ControlNet the result differs."""
+    p = xlabs_controlnet_graph("cn_accel", ("XlabsSampler", NODE, NODE), end=0.75)
+    p["32"] = {"class_type": "DeepyTorchApplyDiffusionModel", "inputs": {"model": ["1", 0],
+                                                                         **wf.accel_inputs(attention="comfy")}}
+    p["19"]["inputs"]["model"] = ["32", 0]                   # ours, accelerated
+    del p["29"]["inputs"]["controlnet_condition"]            # ours, eager, no ControlNet
+    entry = xlabs_server.run(p)
+    theirs, ours, plain = (saved_latent(xlabs_server.output_dir, entry, n) for n in ("90", "190", "290"))
+    scale = theirs.float().abs().max().item()
+    diff = (ours.float() - theirs.float()).abs().max().item()
+    assert diff <= 5e-3 * scale, f"max abs diff {diff} at a latent scale of {scale}"
+    assert (ours.float() - plain.float()).abs().max().item() > 0.05 * scale   # the ControlNet is in effect
+    log = xlabs_server.log()
+    assert "DeepyTorch: XLabs ControlNet ControlNetFlux: compiling 2 region(s) with backend 'inductor'" in log
+    assert "1 XLabs ControlNet condition(s), compiled with the model's backend 'inductor'" in log
 
 
 def test_parity_with_xlabs_sampler_on_an_xlabs_lora(xlabs_server):

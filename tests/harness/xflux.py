@@ -1,7 +1,8 @@
 """A real ComfyUI server with XLabs' x-flux-comfyui loaded beside this package and the test pack (scripts/get-xflux
 puts x-flux-comfyui in XFLUX_DIR). x-flux-comfyui creates models/xlabs/ inside the ComfyUI it runs in and its
-"Load Flux LoRA" reads LoRAs from ComfyUI/models/xlabs/loras/ only, so the server runs in a copy of the checkout
-made of hard links (the cached checkout stays untouched) with the tiny XLabs LoRA linked into that folder."""
+"Load Flux LoRA" / "Load Flux ControlNet" read ComfyUI/models/xlabs/loras/ and xlabs/controlnets/ only, so the server
+runs in a copy of the checkout made of hard links (the cached checkout stays untouched) with the tiny XLabs LoRA and
+the tiny FLUX ControlNet linked into those folders."""
 import os
 import shutil
 
@@ -42,6 +43,11 @@ def start_server(comfy, base, extra_args=()):
     os.makedirs(loras, exist_ok=True)
     sub, name = FILES["xlabs_lora"]
     os.symlink(os.path.join(comfy.models_dir, sub, name), os.path.join(loras, name))
+    # "Load Flux ControlNet" reads ComfyUI/models/xlabs/controlnets/ only: the guide's canny ControlNet goes there
+    controlnets = os.path.join(comfy_dir, "models", "xlabs", "controlnets")
+    os.makedirs(controlnets, exist_ok=True)
+    sub, name = FILES["flux_controlnet"]
+    os.symlink(os.path.join(comfy.models_dir, sub, name), os.path.join(controlnets, name))
     nodes_dir = os.path.join(base, "custom_nodes")
     os.makedirs(nodes_dir)
     for name, target in ((PACKAGE_DIR_NAME, REPO_ROOT), ("deepytorch_testpack", TESTPACK),
