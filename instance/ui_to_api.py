@@ -4,7 +4,7 @@ takes), with the node definitions of the ComfyUI that will run it (its /object_i
 It does what the frontend's graphToPrompt does for the graphs we ship:
 - widgets_values map onto the node's widget inputs in INPUT_TYPES order (required, then optional); an INT input
   named seed / noise_seed, or with control_after_generate, is followed by the frontend's extra "control after
-  generate" widget, which is UI-only; missing trailing optional widgets (an input a newer ComfyUI added) take their
+  generate" widget, and an input with image_upload (Load Image) by its "upload" button widget, both UI-only; missing trailing optional widgets (an input a newer ComfyUI added) take their
   default, as the frontend gives them;
 - links become [origin id, origin slot] inputs (a link into a widget input overrides its value);
 - a bypassed node (mode 4) is left out and each link from it is routed to its input of the same type (the input at
@@ -43,7 +43,7 @@ def node_types(ui):
 
 
 def widget_inputs(info):
-    """[(name, spec options, required, has control widget)] of a node's widget inputs, in widget order."""
+    """[(name, spec options, required, followed by a UI-only widget)] of a node's widget inputs, in widget order."""
     order = info.get("input_order") or {sec: list(info["input"].get(sec) or {}) for sec in ("required", "optional")}
     out = []
     for sec in ("required", "optional"):
@@ -54,7 +54,8 @@ def widget_inputs(info):
             opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
             if opts.get("forceInput") or not (isinstance(kind, list) or kind in WIDGET_TYPES):
                 continue
-            control = bool(opts.get("control_after_generate")) or (kind == "INT" and name in CONTROL_NAMES)
+            control = (bool(opts.get("control_after_generate")) or (kind == "INT" and name in CONTROL_NAMES)
+                       or bool(opts.get("image_upload")))
             out.append((name, kind, opts, sec == "required", control))
     return out
 

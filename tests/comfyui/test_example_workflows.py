@@ -5,6 +5,7 @@ size and the steps made small, once as shipped and once with the DeepyTorch node
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -29,7 +30,10 @@ WORKFLOWS = {
     "sdxl_deepytorch": (False, ["CheckpointLoaderSimple", "DeepyTorchApplyDiffusionModel", "KSampler"]),
     "flux_xlabs_sampler_swap": (True, ["UNETLoader", "FluxLoraLoader", "DeepyTorchApplyDiffusionModel",
                                        "DeepTorchXlabsSampler"]),
+    "flux_controlnet_deepytorch": (True, ["UNETLoader", "FluxLoraLoader", "DeepyTorchApplyDiffusionModel",
+                                          "DeepTorchXlabsSampler"]),
 }
+CONTROLNET = "flux_controlnet_deepytorch"   # + x-flux's canny ControlNet on ComfyUI's example.png
 MODEL_FILES = {
     "UNETLoader": [NAMES["flux_unet"], "default"],
     "DualCLIPLoader": [NAMES["clip_l"], NAMES["t5"], "flux"],
@@ -37,6 +41,8 @@ MODEL_FILES = {
     "CheckpointLoaderSimple": [NAMES["sdxl"]],
     "LoraLoaderModelOnly": [NAMES["flux_lora"]],
     "FluxLoraLoader": [NAMES["xlabs_lora"]],
+    "LoadFluxControlNet": ["flux-dev", NAMES["flux_controlnet"]],
+    "LoadImage": ["example.png"],          # ComfyUI ships it in input/
 }
 
 
@@ -57,6 +63,8 @@ def xflux_server(comfy, tmp_path_factory):
         problem = xflux.load_problem(s)
         if problem:
             pytest.skip(problem)
+        # the ControlNet workflow's Load Image reads ComfyUI's own example.png (the server has an input dir of its own)
+        shutil.copy(os.path.join(comfy.comfy_dir, "input", "example.png"), os.path.join(s.base_dir, "input"))
         yield s
     finally:
         s.stop()
@@ -70,7 +78,7 @@ def server_for(request):
 
 
 # -- the files themselves (no ComfyUI needed) ------------------------------------------------------------------
-def test_exactly_the_five_workflows_ship():
+def test_exactly_the_six_workflows_ship():
     # each with the thumbnail Browse Templates shows (<name>.jpg beside it)
     assert set(os.listdir(EXAMPLES)) == {n + ext for n in WORKFLOWS for ext in (".json", ".jpg")}
 
@@ -184,11 +192,14 @@ def test_runs_and_matches_with_deepytorch_bypassed(name, server_for):
             # (or, where an earlier run left them in the compile cache, started from its precompiled artifacts)
             assert re.search(r"DeepyTorch: \w+: (all \d+ region\(s\) (compiled|ready)|\d+ region\(s\) started from "
                              r"\d+ precompiled artifact)", log), log[-3000:]
+            if name == CONTROLNET:   # and so did the XLabs ControlNet's double blocks, in the sampler
+                assert re.search(r"DeepyTorch: XLabs ControlNet ControlNetFlux: (all 2 region\(s\) (compiled|ready)|"
+                                 r"2 region\(s\) started from)", log), log[-3000:]
     assert images["deepytorch"].shape == (64, 64, 3) and images["deepytorch"].std() > 5
     assert np.abs(images["deepytorch"] - images["bypassed"]).max() <= 1
 
 
-def test_workflow_templates_lists_the_five(server):
+def test_workflow_templates_lists_the_six(server):
     """What the frontend's Browse Templates shows for this pack (custom_nodes/ComfyUI-DeepyTorch)."""
     import requests
     r = requests.get(server.url + "/workflow_templates", timeout=30)
