@@ -73,22 +73,27 @@ class Bench:
             return m
         raise KeyError(name)
 
-    def sample(self, model, width, height, steps, seed=0, path="ksampler"):
+    def sample(self, model, width, height, steps, seed=0, path="ksampler", cond=None, neg=None,
+               controlnet_condition=None):
         """Sampling through `path`: 'ksampler' = ComfyUI's KSampler path (comfy.sample.sample, as common_ksampler
         calls it), 'deeptorch-sampler' = the DeepTorch Sampler node (XLabs' sampling on forward_orig). Returns
-        (end-to-end seconds, seconds per step measured between step callbacks (excludes model load), samples)."""
+        (end-to-end seconds, seconds per step measured between step callbacks (excludes model load), samples).
+        `cond` / `neg`: conditionings other than the benchmark's (e.g. with a ComfyUI ControlNet applied);
+        `controlnet_condition`: an XLabs ControlNet condition for the DeepTorch Sampler."""
+        cond = self.cond if cond is None else cond
+        neg = cond if neg is None else neg
         if path == "deeptorch-sampler":
-            return self.sample_deeptorch(model, width, height, steps, seed)
+            return self.sample_deeptorch(model, width, height, steps, seed, cond, neg, controlnet_condition)
         import comfy.sample
         channels = model.model.latent_format.latent_channels
         latent = comfy.sample.fix_empty_latent_channels(model, self.torch.zeros(1, channels, height // 8, width // 8))
         noise = comfy.sample.prepare_noise(latent, seed, None)
         clock = StepClock(self.args.device)
-        out = clock.run(lambda: comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", self.cond, self.cond,
+        out = clock.run(lambda: comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", cond, neg,
                                                     latent, callback=clock.mark, disable_pbar=True, seed=seed))
         return clock.total, clock.per_step(), out
 
-    def sample_deeptorch(self, model, width, height, steps, seed):
+    def sample_deeptorch(self, model, width, height, steps, seed, cond=None, neg=None, controlnet_condition=None):
         """The DeepTorch Sampler node (no true CFG: one model call per step, like the KSampler path at cfg 1);
         steps are timed through ComfyUI's progress-bar hook, which the node's preview callback drives."""
         import comfy.utils
@@ -98,8 +103,8 @@ class Bench:
         previous = comfy.utils.PROGRESS_BAR_HOOK
         comfy.utils.set_progress_bar_global_hook(clock.mark)
         try:
-            out = clock.run(lambda: node.sampling(model, self.cond, self.cond, seed, steps, steps, 1.0, 0.0, 1.0,
-                                                  latent)[0]["samples"])
+            out = clock.run(lambda: node.sampling(model, cond or self.cond, neg or self.cond, seed, steps, steps, 1.0,
+                                                  0.0, 1.0, latent, controlnet_condition)[0]["samples"])
         finally:
             comfy.utils.set_progress_bar_global_hook(previous)
         return clock.total, clock.per_step(), out
