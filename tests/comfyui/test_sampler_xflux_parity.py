@@ -156,17 +156,16 @@ def test_xlabs_controlnet_starting_late_adds_nothing_where_xlabs_raises(comfy, p
     assert (out - plain).abs().max() > 1 and (out - full).abs().max() > 1
 
 
-def test_xlabs_controlnet_compiled_with_the_accelerated_model_and_left_as_it_was(comfy, parts, xflux, deepy_log,
-                                                                               monkeypatch):
+def test_xlabs_controlnet_compiled_with_the_accelerated_model_and_left_as_it_was(comfy, parts, xflux, deepy_log):
     """With the model from "Apply DeepyTorch to diffusion model", the ControlNet's double blocks run compiled (its
     AcceleratedModel counts graph calls), installed for the sampling call only; the hint network runs once per control
     image across runs; the user's module keeps its own tensors (bfloat16 here, sampled in float32) and forwards; a
     strength change compiles nothing. Latents: XLabs' code on the same ControlNet within 1e-4 (compiled vs eager)."""
     from harness.counting import compiled_since
     from torch._dynamo.utils import counters
-    # no precompiled artifacts: the block-by-block call of the tiny FLUX would add a variant of its blocks to the
-    # shared store, which the warm-start tests count per model
-    monkeypatch.setenv("DEEPYTORCH_PRECOMPILE", "0")
+    # compile options of its own (dynamic 'false'): the block-by-block call of the tiny FLUX makes a variant of its
+    # blocks, kept apart (in-process compiled functions and precompiled artifacts are keyed by the options) from
+    # what the warm-start tests count per model
     engine = comfy.package.engine
     n = comfy.nodes.NODE_CLASS_MAPPINGS
     net = xlabs_controlnet(xflux).to(torch.bfloat16)
@@ -174,7 +173,8 @@ def test_xlabs_controlnet_compiled_with_the_accelerated_model_and_left_as_it_was
     image = control_image()
     kw = dict(steps=3, cfg_start=1, true_gs=2.0)
     with torch.inference_mode():
-        model = n["DeepyTorchApplyDiffusionModel"]().apply(parts.model, **wf.accel_inputs("inductor"))[0]
+        model = n["DeepyTorchApplyDiffusionModel"]().apply(parts.model, **wf.accel_inputs("inductor",
+                                                                                         dynamic="false"))[0]
     out = sample_direct(comfy, parts, model=model, controlnet_condition=conditions(net, image, (0.7, 0.0, 1.0)), **kw)
     acc = engine.regional.latest("XLabs ControlNet ControlNetFlux")
     assert acc is not None and len(acc.compiled) == 2
