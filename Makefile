@@ -13,7 +13,7 @@ export COMFYUI_CACHE XFLUX_DIR TORCHINDUCTOR_CACHE_DIR
 REGISTRY_VENV ?= $(CACHE_DIR)/registry-venv
 export REGISTRY_VENV
 
-.PHONY: all setup comfyui browser registry test test-engine demo bench bench-coldstart bench-memory clean-venv
+.PHONY: all setup comfyui browser registry test test-engine demo bench bench-controlnet bench-coldstart bench-memory clean-venv
 all: test
 
 # Pinned ComfyUI commits (v0.3.6, v0.3.7, current) into $(COMFYUI_CACHE); COMFYUI_REPO may name a local clone.
@@ -58,6 +58,12 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# What a ControlNet costs each variant (README's table): sdxl-narrow through KSampler (eager, the peers, DeepyTorch
+# with both nodes), flux-deep-narrow + an XLabs ControlNet through the DeepTorch Sampler. One process per size.
+bench-controlnet: setup
+	$(PY) benchmarks/controlnet.py --size sdxl-narrow --out benchmarks/results/cpu-sdxl-narrow-controlnet
+	$(PY) benchmarks/controlnet.py --size flux-deep-narrow --out benchmarks/results/cpu-flux-deep-narrow-controlnet
 
 # Time to first image of new server processes (eager; DeepyTorch with an empty cache, the cache an earlier instance
 # left, and a start-up warm-up). SIZE=flux-deep-narrow|sdxl-narrow; WORKFLOW=<your API workflow> instead of ours.

@@ -15,20 +15,16 @@ from one run are compared on this CPU).
 Writes <out>/results.json and results.md; prints the table.
 """
 import argparse
-import importlib
 import json
 import os
 import statistics
 import sys
-import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "dev"), os.path.join(ROOT, "benchmarks")]
 
 from sizes import SDXL_UNET, SIZES, family, say  # noqa: E402
 
-XFLUX_DIR = os.environ.get("XFLUX_DIR") or os.path.expanduser(
-    "~/.cache/comfyui-deepytorch/custom_nodes/x-flux-comfyui")
 DESCRIPTIONS = {
     "eager": "ComfyUI eager, no ControlNet",
     "deepytorch": "DeepyTorch (diffusion node), no ControlNet",
@@ -61,14 +57,11 @@ def sdxl_controlnet(b, models_dir, dtype):
 def xlabs_controlnet(b, dtype):
     """x-flux-comfyui's own ControlNetFlux at the benchmark FLUX widths (imported without its node registration)."""
     import torch
-    if not os.path.isfile(os.path.join(XFLUX_DIR, "xflux", "src", "flux", "controlnet.py")):
-        sys.exit(f"bench: x-flux-comfyui not found in {XFLUX_DIR} (scripts/get-xflux): no XLabs ControlNet")
-    name = "deepytorch_bench_xflux"
-    if name not in sys.modules:
-        pkg = types.ModuleType(name)
-        pkg.__path__ = [XFLUX_DIR]
-        sys.modules[name] = pkg
-    cn = importlib.import_module(name + ".xflux.src.flux.controlnet")
+    from devkit import xflux
+    try:
+        cn = xflux.module("xflux.src.flux.controlnet")
+    except ImportError as e:
+        sys.exit(f"bench: no XLabs ControlNet: {e}")
     dims = SIZES[b.args.size]
     params = cn.FluxParams(in_channels=64, vec_in_dim=dims["vec_in_dim"], context_in_dim=dims["context_in_dim"],
                            hidden_size=dims["hidden_size"], mlp_ratio=4.0, num_heads=dims["num_heads"],

@@ -52,11 +52,9 @@ def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic
     if chosen.name == "eager":
         log.info("%s: running eager (nothing compiled)", label)
         return None
-    compile_cache.configure(default_cache_dir())
-    accelerated = AcceleratedModel(label, chosen, CompileOptions(mode=mode, dynamic=dynamic, fullgraph=fullgraph,
-                                                                     context=context),
-                                   scope, call_context)
-    accelerated.on_compiled = compile_cache.save_artifacts
+    accelerated = saving(AcceleratedModel(label, chosen, CompileOptions(mode=mode, dynamic=dynamic,
+                                                                        fullgraph=fullgraph, context=context),
+                                          scope, call_context))
     root = patcher.get_model_object(root_key) if root_key else patcher.model
     kept = _not_replaced(patcher, root_key, label, list(parts) if parts else
                          [path for path, _ in find_regions(root, scope)])
@@ -64,6 +62,13 @@ def accelerate(patcher, root_key, label, backend="auto", mode="default", dynamic
         return None
     for path, forward in accelerated.region_forwards(root, kept).items():
         patcher.add_object_patch(".".join(p for p in (root_key, path, "forward") if p), forward)
+    return accelerated
+
+
+def saving(accelerated):
+    """`accelerated`, its compiled regions saved to the compile cache (the model folder `deepytorch_cache`)."""
+    compile_cache.configure(default_cache_dir())
+    accelerated.on_compiled = compile_cache.save_artifacts
     return accelerated
 
 

@@ -13,10 +13,11 @@ import weakref
 
 import torch
 
-from ..engine import compile_cache, log
+from ..engine import log
 from ..engine.flux_controlnet import Control, Residuals, cast, window
 from ..engine.hint_cache import HintCache
 from ..engine.regional import AcceleratedModel, find_regions
+from .accelerate import saving
 
 NODE = "DeepTorch Sampler"
 
@@ -44,8 +45,8 @@ class _State:
     def regions(self, net, model_acc):
         key = (model_acc.backend.name, model_acc.options)
         if key not in self.compiled:
-            acc = AcceleratedModel(f"XLabs ControlNet {type(net).__name__}", model_acc.backend, model_acc.options)
-            acc.on_compiled = compile_cache.save_artifacts
+            acc = saving(AcceleratedModel(f"XLabs ControlNet {type(net).__name__}", model_acc.backend,
+                                          model_acc.options))
             paths = [p for p, _ in find_regions(net) if p]
             self.compiled[key] = (acc, acc.region_forwards(net, paths) if paths else {})
         return self.compiled[key]

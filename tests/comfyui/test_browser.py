@@ -22,7 +22,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 SHOTS = os.path.join(REPO_ROOT, "test-artifacts", "browser")
 EXAMPLES = os.path.join(REPO_ROOT, "example_workflows")
 TEMPLATES = ["flux_deepytorch", "flux_lora_deepytorch", "flux_comfy_lora_deepytorch", "sdxl_deepytorch",
-             "flux_xlabs_sampler_swap", "flux_controlnet_deepytorch"]
+             "flux_xlabs_sampler_swap", "flux_controlnet_deepytorch", "sdxl_controlnet_deepytorch"]
 DISPLAY_NAMES = {"DeepyTorchApplyDiffusionModel": "Apply DeepyTorch to diffusion model",
                  "DeepyTorchApplyVAE": "Apply DeepyTorch to vae model",
                  "DeepTorchXlabsSampler": "DeepTorch Sampler to replace XlabsSampler",

@@ -17,7 +17,7 @@ from devkit.tiny_models import NAMES
 from harness import xflux
 
 EXAMPLES = os.path.join(REPO_ROOT, "example_workflows")
-ACCEL = {"DeepyTorchApplyDiffusionModel", "DeepyTorchApplyVAE"}
+ACCEL = {"DeepyTorchApplyDiffusionModel", "DeepyTorchApplyVAE", "DeepyTorchApplyControlNet"}
 SMALL = dict(width=64, height=64, steps=2)
 SAVE = "11"   # the SaveImage node of every shipped workflow
 # name: (needs x-flux-comfyui, the sampler's model input through the chain, loader -> sampler, as node types)
@@ -32,8 +32,13 @@ WORKFLOWS = {
                                        "DeepTorchXlabsSampler"]),
     "flux_controlnet_deepytorch": (True, ["UNETLoader", "FluxLoraLoader", "DeepyTorchApplyDiffusionModel",
                                           "DeepTorchXlabsSampler"]),
+    "sdxl_controlnet_deepytorch": (False, ["CheckpointLoaderSimple", "DeepyTorchApplyDiffusionModel", "KSampler"]),
 }
-CONTROLNET = "flux_controlnet_deepytorch"   # + x-flux's canny ControlNet on ComfyUI's example.png
+# the ControlNet workflows (a canny ControlNet on ComfyUI's example.png): the log line of its compiled blocks
+CONTROLNETS = {"flux_controlnet_deepytorch": r"XLabs ControlNet ControlNetFlux: (all 2 region\(s\) (compiled|ready)|"
+                                             r"2 region\(s\) started from)",
+               "sdxl_controlnet_deepytorch": r"ControlNet ControlNet: (all \d+ region\(s\) (compiled|ready)|"
+                                             r"\d+ region\(s\) started from)"}
 MODEL_FILES = {
     "UNETLoader": [NAMES["flux_unet"], "default"],
     "DualCLIPLoader": [NAMES["clip_l"], NAMES["t5"], "flux"],
@@ -42,6 +47,7 @@ MODEL_FILES = {
     "LoraLoaderModelOnly": [NAMES["flux_lora"]],
     "FluxLoraLoader": [NAMES["xlabs_lora"]],
     "LoadFluxControlNet": ["flux-dev", NAMES["flux_controlnet"]],
+    "ControlNetLoader": [NAMES["sdxl_controlnet"]],
     "LoadImage": ["example.png"],          # ComfyUI ships it in input/
 }
 
@@ -63,22 +69,23 @@ def xflux_server(comfy, tmp_path_factory):
         problem = xflux.load_problem(s)
         if problem:
             pytest.skip(problem)
-        # the ControlNet workflow's Load Image reads ComfyUI's own example.png (the server has an input dir of its own)
-        shutil.copy(os.path.join(comfy.comfy_dir, "input", "example.png"), os.path.join(s.base_dir, "input"))
         yield s
     finally:
         s.stop()
 
 
 @pytest.fixture
-def server_for(request):
+def server_for(request, comfy):
     def get(name):
-        return request.getfixturevalue("xflux_server" if WORKFLOWS[name][0] else "server")
+        s = request.getfixturevalue("xflux_server" if WORKFLOWS[name][0] else "server")
+        # the ControlNet workflows' Load Image reads ComfyUI's own example.png (each server has an input dir of its own)
+        shutil.copy(os.path.join(comfy.comfy_dir, "input", "example.png"), os.path.join(s.base_dir, "input"))
+        return s
     return get
 
 
 # -- the files themselves (no ComfyUI needed) ------------------------------------------------------------------
-def test_exactly_the_six_workflows_ship():
+def test_exactly_the_seven_workflows_ship():
     # each with the thumbnail Browse Templates shows (<name>.jpg beside it)
     assert set(os.listdir(EXAMPLES)) == {n + ext for n in WORKFLOWS for ext in (".json", ".jpg")}
 
@@ -104,7 +111,7 @@ def test_ui_format_with_seed_settings_and_a_note(name):
     samplers = nodes_of(ui, "KSampler") + nodes_of(ui, "DeepTorchXlabsSampler")
     assert len(samplers) == 1
     steps = samplers[0]["widgets_values"][2]          # after seed and its "control after generate"
-    assert steps == (6 if name == "sdxl_deepytorch" else 20)    # Lightning: 6 steps
+    assert steps == (6 if name.startswith("sdxl") else 20)    # Lightning: 6 steps
     assert {n["type"] for n in ui["nodes"]} >= {"DeepyTorchApplyDiffusionModel", "SaveImage", "VAEDecode"}
     assert [n["id"] for n in nodes_of(ui, "SaveImage")] == [int(SAVE)]
 
@@ -192,14 +199,13 @@ def test_runs_and_matches_with_deepytorch_bypassed(name, server_for):
             # (or, where an earlier run left them in the compile cache, started from its precompiled artifacts)
             assert re.search(r"DeepyTorch: \w+: (all \d+ region\(s\) (compiled|ready)|\d+ region\(s\) started from "
                              r"\d+ precompiled artifact)", log), log[-3000:]
-            if name == CONTROLNET:   # and so did the XLabs ControlNet's double blocks, in the sampler
-                assert re.search(r"DeepyTorch: XLabs ControlNet ControlNetFlux: (all 2 region\(s\) (compiled|ready)|"
-                                 r"2 region\(s\) started from)", log), log[-3000:]
+            if name in CONTROLNETS:   # and so did the ControlNet's blocks (XLabs': in the sampler)
+                assert re.search("DeepyTorch: " + CONTROLNETS[name], log), log[-3000:]
     assert images["deepytorch"].shape == (64, 64, 3) and images["deepytorch"].std() > 5
     assert np.abs(images["deepytorch"] - images["bypassed"]).max() <= 1
 
 
-def test_workflow_templates_lists_the_six(server):
+def test_workflow_templates_lists_the_seven(server):
     """What the frontend's Browse Templates shows for this pack (custom_nodes/ComfyUI-DeepyTorch)."""
     import requests
     r = requests.get(server.url + "/workflow_templates", timeout=30)

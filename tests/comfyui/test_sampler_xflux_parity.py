@@ -3,9 +3,7 @@ scripts/get-xflux; skipped without it): in-process (float32), XLabs' own samplin
 XLabs ControlNet as reference for the block-by-block path; a real server with --fp16-unet and x-flux-comfyui loaded,
 our sampler and XlabsSampler in one graph, interfaces and latents compared.
 """
-import importlib
 import os
-import sys
 import types
 
 import pytest
@@ -13,29 +11,19 @@ import torch
 
 from comfyui.sampler_helpers import NODE, graph, sample_direct, saved_latent, write_i2i_latent
 from comfyui.sampler_helpers import parts  # noqa: F401 (a pytest fixture, requested by name)
+from devkit import xflux as devkit_xflux
 from devkit.tiny_models import NAMES
 from harness import workflows as wf
 from harness import xflux as xflux_harness
-
-XFLUX_DIR = xflux_harness.XFLUX_DIR
 
 
 # -- XLabs' own code as reference for the block-by-block path (in-process, float32) ----------------------------
 @pytest.fixture(scope="module")
 def xflux():
-    """x-flux-comfyui's sampling / utils modules, imported without its __init__ (which registers nodes and makes
-    model folders)."""
-    if not os.path.isfile(os.path.join(XFLUX_DIR, "sampling.py")):
-        pytest.skip(f"x-flux-comfyui not found in {XFLUX_DIR} (scripts/get-xflux)")
-    name = "deepytorch_tests_xflux"
-    if name not in sys.modules:
-        pkg = types.ModuleType(name)
-        pkg.__path__ = [XFLUX_DIR]
-        sys.modules[name] = pkg
+    """x-flux-comfyui's sampling / utils / ControlNet modules, imported without its __init__."""
     try:
-        return types.SimpleNamespace(sampling=importlib.import_module(name + ".sampling"),
-                                     utils=importlib.import_module(name + ".utils"),
-                                     controlnet=importlib.import_module(name + ".xflux.src.flux.controlnet"))
+        return types.SimpleNamespace(sampling=devkit_xflux.module("sampling"), utils=devkit_xflux.module("utils"),
+                                     controlnet=devkit_xflux.module("xflux.src.flux.controlnet"))
     except ImportError as e:
         pytest.skip(f"x-flux-comfyui cannot be imported: {e}")
 

@@ -9,11 +9,10 @@ import shutil
 from devkit.comfy_boot import PACKAGE_DIR_NAME
 from devkit.locate import REPO_ROOT
 from devkit.tiny_models import FILES
+from devkit.xflux import XFLUX_DIR
 
 from .server import TESTPACK, ComfyServer
 
-XFLUX_DIR = os.environ.get("XFLUX_DIR") or os.path.expanduser(
-    "~/.cache/comfyui-deepytorch/custom_nodes/x-flux-comfyui")
 MISSING = f"x-flux-comfyui not found in {XFLUX_DIR} (run scripts/get-xflux, or `make comfyui`)"
 
 
