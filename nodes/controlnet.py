@@ -39,7 +39,8 @@ def accelerate_controlnet(control_net, backend="auto", mode="default", dynamic="
     model = getattr(control_net, "control_model", None)
     patcher = getattr(control_net, "control_model_wrapped", None)
     if not isinstance(model, torch.nn.Module) or patcher is None:
-        why = ("it builds its model when sampling starts" if hasattr(control_net, "control_weights") else
+        why = ("ComfyUI builds its control model anew for every sampling run (pre_run) and deletes it after, so it "
+               "runs eager as in ComfyUI" if hasattr(control_net, "control_weights") else
                "it has no control model ComfyUI loads as a model")
         log.info("Apply DeepyTorch to controlnet: %s passes through unchanged: %s", type(control_net).__name__, why)
         return control_net

@@ -113,6 +113,16 @@ def make_sdxl_controlnet():
     return {"control_model." + k: v for k, v in fill(sd, 15).items()}
 
 
+def make_sdxl_control_lora(controlnet):
+    """Stability's Control-LoRA format (a `lora_controlnet` entry marks it) for the tiny SDXL UNet: the ControlNet's
+    own layers (hint network, zero convolutions, middle output) of `controlnet`; ComfyUI builds the rest of the
+    control model from the UNet's weights when sampling starts (ControlLora.pre_run)."""
+    own = ("input_hint_block.", "zero_convs.", "middle_block_out.")
+    out = {k: v for k, v in ((k[len("control_model."):], v) for k, v in controlnet.items()) if k.startswith(own)}
+    out["lora_controlnet"] = torch.zeros(1)
+    return out
+
+
 def make_flux_controlnet():
     """XLabs' FLUX ControlNet format (the guide's flux-canny-controlnet-v3: double blocks only, a convolutional hint
     network for the control image), built with ComfyUI's own ControlNetFlux at the tiny FLUX widths; ComfyUI's
@@ -123,6 +133,29 @@ def make_flux_controlnet():
     sd = meta_state_dict(lambda: flux_controlnet.ControlNetFlux(mistoline=False, dtype=torch.float32, device="meta",
                                                                 operations=comfy.ops.disable_weight_init, **cfg))
     return fill(sd, 16)
+
+
+def make_flux_union_controlnet():
+    """InstantX's FLUX Union ControlNet format (diffusers key names; `controlnet_mode_embedder` holds the union
+    modes; the control image goes in as VAE latents): ComfyUI's own ControlNetFlux (latent input, 10 modes) at the
+    tiny FLUX widths, its keys turned into diffusers' by ComfyUI's own map (comfy.utils.flux_to_diffusers, which
+    ControlNetLoader reads them back with)."""
+    import comfy.ldm.flux.controlnet as flux_controlnet
+    import comfy.ops
+    import comfy.utils
+    cfg = dict(FLUX, depth=2, depth_single_blocks=0)
+    sd = fill(meta_state_dict(lambda: flux_controlnet.ControlNetFlux(
+        latent_input=True, num_union_modes=10, control_latent_channels=16, dtype=torch.float32, device="meta",
+        operations=comfy.ops.disable_weight_init, **cfg)), 17)
+    out, mapped = {}, set()
+    for key, to in comfy.utils.flux_to_diffusers(cfg).items():
+        name, offset, fun = (to, None, None) if isinstance(to, str) else (to[0], to[1], to[2] if len(to) > 2 else None)
+        if name in sd:
+            w = sd[name] if offset is None else sd[name].narrow(*offset)
+            out[key] = (fun(w) if fun else w).clone()   # fun: swap_scale_shift, its own inverse
+            mapped.add(name)
+    out.update({k: v for k, v in sd.items() if k not in mapped})   # controlnet_blocks.*, the mode embedder
+    return out
 
 
 def make_xlabs_flux_lora(flux_sd, rank=4):
@@ -156,6 +189,8 @@ FILES = {
     "sdxl_lora": ("loras", "sdxl_lora.safetensors"),
     "sdxl_controlnet": ("controlnet", "controlnet-canny-sdxl.safetensors"),
     "flux_controlnet": ("controlnet", "flux-canny-controlnet-v3.safetensors"),   # XLabs' format
+    "sdxl_control_lora": ("controlnet", "control-lora-canny-rank128.safetensors"),   # Stability's Control-LoRA
+    "flux_union_controlnet": ("controlnet", "flux-controlnet-union.safetensors"),      # InstantX's Union format
 }
 NAMES = {key: file for key, (_, file) in FILES.items()}
 
@@ -169,16 +204,19 @@ def generate(models_dir):
         os.makedirs(os.path.dirname(p), exist_ok=True)
     flux = make_flux()
     sdxl = make_sdxl_checkpoint()
+    sdxl_controlnet = make_sdxl_controlnet()
     content = {"flux_unet": flux, "flux_unet_fp8": {k: v.to(torch.float8_e4m3fn) for k, v in flux.items()},
                "flux_schnell": make_flux(seed=12, guidance_embed=False), "flux_vae": make_vae(),
                "clip_l": make_clip_l(), "t5": make_t5(), "sdxl": sdxl,
                "xlabs_lora": make_xlabs_flux_lora(flux), "flux_lora": flux_lora(flux),
-               "sdxl_lora": sdxl_lora(sdxl), "sdxl_controlnet": make_sdxl_controlnet(),
-               "flux_controlnet": make_flux_controlnet(),
+               "sdxl_lora": sdxl_lora(sdxl), "sdxl_controlnet": sdxl_controlnet,
+               "sdxl_control_lora": make_sdxl_control_lora(sdxl_controlnet), "flux_controlnet": make_flux_controlnet(),
+               "flux_union_controlnet": make_flux_union_controlnet(),
                "flux_lora_b": flux_lora(flux, seed=13, targets=("double_blocks.0.img_attn.qkv",
                                                                  "double_blocks.1.img_mlp.2", "single_blocks.1.linear1")),
                "flux_lora_c": flux_lora(flux, seed=14, targets=("double_blocks.1.txt_attn.proj",
                                                                  "single_blocks.0.linear1", "single_blocks.1.linear2"))}
     for key, sd in content.items():
-        save_file(sd, paths[key])
+        if not os.path.exists(paths[key]):   # the others stay as they are (their mtime too)
+            save_file(sd, paths[key])
     return paths
