@@ -33,6 +33,10 @@ DESCRIPTIONS = {
     "cn-deepytorch": "DeepyTorch, both nodes (diffusion + controlnet) + ControlNet",
     "cn-deepytorch-model": "DeepyTorch diffusion node only + ControlNet (the control model eager)",
 }
+SAMPLER_DESCRIPTIONS = {   # the DeepTorch Sampler path: no controlnet node, the sampler compiles XLabs' ControlNet
+    "cn-eager": "XLabs ControlNet, all eager",
+    "cn-deepytorch": "DeepyTorch (diffusion node; the sampler compiles the XLabs ControlNet's blocks) + ControlNet",
+}
 
 
 def sdxl_controlnet(b, models_dir, dtype):
@@ -141,7 +145,8 @@ def main():
                "resolution": args.res, "path": path, "strength": args.strength, "comfyui": b.comfy_name,
                "torch": torch.__version__, "commit": git_commit(),
                "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name(),
-               "variants": {v: {"description": DESCRIPTIONS[v], "s_per_step": med[v], "s_per_step_min": min(steps[v]),
+               "variants": {v: {"description": (SAMPLER_DESCRIPTIONS if path == "deeptorch-sampler" else {}).get(
+                   v, DESCRIPTIONS[v]), "s_per_step": med[v], "s_per_step_min": min(steps[v]),
                                 "s_per_step_max": max(steps[v])} for v in runs}}
     for v, r in results["variants"].items():
         base = med["cn-eager"] if v.startswith("cn-") else med["eager"]

@@ -202,7 +202,7 @@ class AcceleratedModel:
         self.offloaded = set()        # regions ComfyUI loaded partially (low-VRAM): they run eager while so
         self.offloaded_calls = 0
         self._layers = {}             # path -> the region's castable layers (to see a partial load per call)
-        self._recompiles_by_code = {}
+        self._recompiles = {}         # path -> its recompiles (a region's first compile is none)
         self._skip_logged = set()
         self._seen_failures = {}      # code -> guard failures already logged
         self._lock = threading.Lock()
@@ -276,7 +276,8 @@ class AcceleratedModel:
                 accelerated._ran_eager(path, module, fn)
             if first:
                 accelerated._first_call_done(path, module, fn, time.perf_counter() - t0)
-            accelerated._check_recompiles(path, module, fn)
+            else:
+                accelerated._check_recompiles(path, module, fn)
             return out
 
         forward.deepytorch_region = (self, path)
@@ -303,8 +304,10 @@ class AcceleratedModel:
     def _first_call_done(self, path, module, fn, seconds):
         self.first_call_s[path] = seconds
         code = _code_of(fn, module)
-        if code not in self._seen_failures:   # earlier reasons belong to other models
-            self._seen_failures[code] = tuple(map(len, _reasons(fn, code)))
+        # what this first call added is the region's own first compile, not a recompile (regions sharing code that
+        # dynamo guards apart, e.g. SDXL's SpatialTransformers by block id, each add one); earlier reasons belong to
+        # other regions or models
+        self._seen_failures[code] = tuple(map(len, _reasons(fn, code)))
         if seconds > 0.5:
             log.info("%s: region '%s' (%s) compiled in %.1f s", self.label, path or "<whole model>",
                      type(module).__name__, seconds)
@@ -360,18 +363,18 @@ class AcceleratedModel:
         entries = [line for line in lines if re.match(r"^\d+/\d+:", line)] or lines[:1]
         reason = "; ".join(entries[:4])[:600] if entries else "unknown reason"
         log.info("%s: recompiled %s: %s", self.label, type(module).__name__, reason)
-        spent = self._recompiles_by_code[code] = self._recompiles_by_code.get(code, 0) + 1
+        spent = self._recompiles[path] = self._recompiles.get(path, 0) + 1
         if spent > self.recompile_budget:
-            self._spend_budget(code, module, reason)
+            self._spend_budget(code, module, reason, spent)
 
-    def _spend_budget(self, code, module, reason):
+    def _spend_budget(self, code, module, reason, spent):
         """Every region of this compiled function runs eager from now on (their image is unchanged)."""
         paths = [p for p, f in self.compiled.items() if _code_of(f, module) is code and p not in self.over_budget]
         for p in paths:
             self.over_budget[p] = reason
         log.warning("%s: region(s) %s (%s) recompiled %d times, past the recompile budget of %d (%s): they run eager "
                     "from now on. The guard that kept failing: %s", self.label, ", ".join(paths),
-                    type(module).__name__, self._recompiles_by_code[code], self.recompile_budget,
+                    type(module).__name__, spent, self.recompile_budget,
                     RECOMPILE_BUDGET_ENV, reason)
 
     def _ran_eager(self, path, module, fn):

@@ -319,6 +319,44 @@ def test_calls_dynamo_runs_eagerly_are_not_counted_as_compiled(caplog, recompile
     assert out.shape == (3, 16)
 
 
+class NamedBlock(Block):
+    """A block whose forward reads its own name (as SDXL's transformer block reads its block id from
+    transformer_options): dynamo guards on the value, so blocks sharing the code each get a graph of their own."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+
+    def forward(self, x, transformer_options=None):
+        return torch.nn.functional.gelu(self.lin(x)) * (1.0 + len(self.name) / 100) + x
+
+
+def test_first_compiles_of_regions_that_share_code_are_no_recompiles(caplog, monkeypatch):
+    """Ten regions guarded apart (ten graphs on one compiled function), budget 2: each region's first compile is
+    no recompile, so none runs eager; a new shape then recompiles each region once, still within the budget."""
+    caplog.set_level(logging.INFO, logger="deepytorch")
+    monkeypatch.setenv(regional.RECOMPILE_BUDGET_ENV, "2")
+    torch._dynamo.reset()
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([NamedBlock("b" * (i + 1)) for i in range(10)])
+    acc = regional.AcceleratedModel("Named", backends.DynamoBackend("eager"), CompileOptions(dynamic="false"))
+    install(model, acc)
+
+    def run(rows):
+        x = torch.randn(rows, 16)
+        with torch.inference_mode():
+            for b in model.blocks:
+                x = b(x)
+        return x
+    counters.clear()
+    run(1)
+    assert counters["stats"]["unique_graphs"] == 10                    # one graph per region
+    assert acc.recompiles == 0 and not acc.over_budget and acc.compiled_calls == 10
+    run(2)                                                              # a new shape: each region recompiles once
+    assert acc.recompiles == 10 and not acc.over_budget and acc.compiled_calls == 20
+    assert "past the recompile budget" not in caplog.text
+
+
 def test_past_the_recompile_budget_regions_run_eager_with_a_warning_naming_them(caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="deepytorch")
     monkeypatch.setenv(regional.RECOMPILE_BUDGET_ENV, "2")
