@@ -13,7 +13,7 @@ export COMFYUI_CACHE XFLUX_DIR TORCHINDUCTOR_CACHE_DIR
 REGISTRY_VENV ?= $(CACHE_DIR)/registry-venv
 export REGISTRY_VENV
 
-.PHONY: all setup comfyui browser registry test test-engine demo bench bench-controlnet bench-coldstart bench-memory clean-venv
+.PHONY: all setup comfyui browser registry test test-engine demo bench bench-controlnet bench-gpu bench-gpu-dry gpu-carry bench-coldstart bench-memory clean-venv
 all: test
 
 # Pinned ComfyUI commits (v0.3.6, v0.3.7, current) into $(COMFYUI_CACHE); COMFYUI_REPO may name a local clone.
@@ -64,6 +64,18 @@ bench: setup
 bench-controlnet: setup
 	$(PY) benchmarks/controlnet.py --size sdxl-narrow --out benchmarks/results/cpu-sdxl-narrow-controlnet
 	$(PY) benchmarks/controlnet.py --size flux-deep-narrow --out benchmarks/results/cpu-flux-deep-narrow-controlnet
+
+# The GPU benchmark (README, "Benchmark"). gpu-carry: .gpu/, what travels to a borrowed GPU machine (ComfyUI + the
+# wheels its image lacks); there, `bash scripts/bench-gpu` (= make bench-gpu) runs benchmarks/gpu.py's phases within
+# BUDGET seconds. bench-gpu-dry: the same phases at the tiny size on this CPU, the GPU image rehearsed.
+gpu-carry: setup
+	$(PY) scripts/prepare-gpu-carry
+
+bench-gpu:
+	bash scripts/bench-gpu
+
+bench-gpu-dry: setup
+	$(PY) benchmarks/gpu.py --dry-run
 
 # Time to first image of new server processes (eager; DeepyTorch with an empty cache, the cache an earlier instance
 # left, and a start-up warm-up). SIZE=flux-deep-narrow|sdxl-narrow; WORKFLOW=<your API workflow> instead of ours.

@@ -29,6 +29,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "dev"))   # devkit: boots ComfyUI, builds random-weight models
+if os.environ.get("DEEPYTORCH_REHEARSE_GPU_IMAGE"):   # benchmarks/gpu.py --dry-run: only what the GPU machine has
+    from devkit import gpu_image
+    gpu_image.block(gpu_image.CARRIED)
 
 from report import write  # noqa: E402
 from sampling import Bench  # noqa: E402
@@ -117,7 +120,8 @@ def fresh(args, variant, cache_dir, env=None, interleave=0, warm=False):
                **(env or {}))
     cmd = [sys.executable, os.path.abspath(__file__), "--phase", "compile", "--variant", variant, "--size", args.size,
            "--device", args.device, "--res", f"{args.width}x{args.height}", "--cache", args.cache,
-           "--steps", str(args.steps), "--interleave", str(interleave)] + (["--warm"] if warm else [])
+           "--steps", str(args.steps), "--interleave", str(interleave)] + (["--warm"] if warm else []) + \
+        (["--in-memory"] if args.in_memory else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
@@ -134,7 +138,8 @@ def compile_phases(args, results, compile_variants):
     cache_root = tempfile.mkdtemp(prefix="deepytorch-bench-cache-")
     interleave = args.interleave_fresh
     for v in compile_variants:
-        starts = STARTS if v == "deepytorch" else {"precompiled": {}}
+        starts = {k: e for k, e in STARTS.items() if k in args.starts.split(",")} if v == "deepytorch" else \
+            {"precompiled": {}}
         for how, env in starts.items():
             cache = os.path.join(cache_root, f"{v}-{how}")
             tag = "" if how == "precompiled" else f" ({how})"
@@ -165,11 +170,15 @@ def phase_main(args):
     results = {"size": args.size, "device": args.device, "steps": args.steps, "repeats": args.repeats,
                "resolution": f"{args.width}x{args.height}", "variants": {}, "machine": platform.platform()}
     variants = [v for v in args.variants.split(",") if v]
+    phases = set(args.phases.split(","))
     # 1. cold and warm compile, peak memory: fresh processes, empty / reused cache
-    compile_phases(args, results, [v for v in variants if v not in ("eager", "eager-sdpa")])
-    for v in ("eager", "eager-sdpa"):
-        if v in variants:
-            results["variants"].setdefault(v, {})["peak_mib"] = fresh(args, v, tempfile.mkdtemp())["peak_mib"]
+    if "fresh" in phases:
+        compile_phases(args, results, [v for v in variants if v not in ("eager", "eager-sdpa")])
+        for v in ("eager", "eager-sdpa"):
+            if v in variants:
+                results["variants"].setdefault(v, {})["peak_mib"] = fresh(args, v, tempfile.mkdtemp())["peak_mib"]
+    if not phases & {"steady", "recompiles"}:
+        return write(results, args.out)
 
     # 2. steady speed: one process, interleaved repeats
     b = Bench(args)
@@ -177,16 +186,18 @@ def phase_main(args):
     results["torch"] = b.torch.__version__
     results["device_name"] = b.torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
     results["commit"] = git_commit()
+    if args.paths:
+        b.paths = [p for p in b.paths if p in args.paths.split(",")]
     results["paths"] = b.paths
     models = {v: b.variant(v) for v in variants}
     w, h = args.width, args.height
-    runs = [(p, v) for p in b.paths for v in variants]
+    runs = [(p, v) for p in b.paths for v in variants] if "steady" in phases else []
     for p, v in runs:
         say(f"{v} ({p}): warm-up")
         b.sample(models[v], w, h, args.steps, path=p)
     totals = {run: [] for run in runs}
     steps = {run: [] for run in runs}
-    for r in range(args.repeats):
+    for r in range(args.repeats if runs else 0):
         for run in runs:
             total, per_step, _ = b.sample(models[run[1]], w, h, args.steps, seed=r, path=run[0])
             totals[run].append(total)
@@ -204,17 +215,17 @@ def phase_main(args):
             entry.setdefault("paths", {})[p] = stats
 
     # 3. recompiles: LoRA strength swap, 3 resolutions (DeepyTorch)
-    if "deepytorch" in variants:
+    if "recompiles" in phases and "deepytorch" in variants:
         from torch._dynamo.utils import counters
-        loader = b.nodes.LoraLoaderModelOnly()
         regional = b.comfy.package.engine.regional
         swap = []
         for strength in (1.0, 0.5, 1.0):
-            m = b.variant("deepytorch", loader.load_lora_model_only(b.base, b.lora, strength)[0])
+            m = b.variant("deepytorch", b.with_lora(b.base, strength))
             counters.clear()
             b.sample(m, w, h, 1)
             swap.append(counters["stats"]["unique_graphs"])
-        results["variants"]["deepytorch"]["recompiles_lora_swap"] = sum(swap[1:])
+        results["variants"].setdefault("deepytorch", {"description": VARIANTS["deepytorch"]})["recompiles_lora_swap"] = \
+            sum(swap[1:])
         m = b.variant("deepytorch")
         for rw, rh in ((w, h), (w * 3 // 4 // 16 * 16, h * 3 // 4 // 16 * 16), (w * 5 // 4 // 16 * 16, h * 9 // 8 // 16 * 16)):
             b.sample(m, rw, rh, 1)
@@ -223,9 +234,9 @@ def phase_main(args):
         results["variants"]["deepytorch"]["compiled_regions"] = len(acc.compiled)
         say(f"recompiles: LoRA swap {sum(swap[1:])}, 3 resolutions {acc.recompiles} over {len(acc.compiled)} regions")
 
-    ratios(results["variants"], lambda r: r)
-    for p in b.paths[1:]:
-        ratios(results["variants"], lambda r: r.get("paths", {}).get(p, {}))
+    for p in b.paths:
+        ratios(results["variants"], (lambda r: r) if p == "ksampler" else
+               (lambda r, p=p: r.get("paths", {}).get(p, {})))
     write(results, args.out)
 
 
@@ -254,10 +265,19 @@ def main():
     ap.add_argument("--variant", default=None)
     ap.add_argument("--interleave", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--phases", default="fresh,steady,recompiles",
+                    help="which of: fresh (cold / warm compile and peak memory in fresh processes), steady (s/step, "
+                         "one process), recompiles (LoRA swap, 3 resolutions)")
+    ap.add_argument("--starts", default="precompiled,traced",
+                    help="warm starts the fresh phase measures: precompiled (the default path), traced")
+    ap.add_argument("--paths", default=None, help="sampling paths of the steady phase: ksampler,deeptorch-sampler")
+    ap.add_argument("--in-memory", action="store_true",
+                    help="build the model in memory on the device (no weights file; default on cuda)")
     ap.add_argument("--interleave-fresh", type=int, default=3,
                     help="repeats of interleaved steps (vs eager SDPA) in each fresh DeepyTorch process (0: none)")
     args = ap.parse_args()
     gpu = args.device == "cuda"
+    args.in_memory = args.in_memory or gpu
     args.size = args.size or ("flux-dev" if gpu else "flux-deep-narrow")
     args.steps = args.steps or (20 if gpu else 3)
     default_res = ("1024x1024" if family(args.size) == "sdxl" else "768x1024") if gpu else "512x512"

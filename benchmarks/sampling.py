@@ -7,7 +7,7 @@ import tempfile
 import time
 
 from devkit import widths
-from sizes import SDXL_UNET, SIZES, TEXT_TOKENS, family, model_file
+from sizes import SDXL_UNET, SIZES, TEXT_TOKENS, family, model_file, say, state_dicts
 
 
 class Bench:
@@ -33,10 +33,20 @@ class Bench:
             except TypeError:
                 folder_paths.add_model_folder_path(name, os.path.join(models, sub))
         dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-        self.unet, self.lora = model_file(models, args.size, dtype)
         import nodes
         self.nodes = nodes
-        self.base = nodes.UNETLoader().load_unet(self.unet, "default")[0]
+        if getattr(args, "in_memory", False):
+            # UNETLoader's own path (comfy.sd.load_diffusion_model_state_dict) without the file: FLUX-dev in bf16
+            # would be 24 GB on disk, and the GPU fills it in seconds
+            import comfy.sd
+            say(f"building {args.size} weights in memory on {args.device} (ComfyUI's class, random)")
+            sd, self.lora_sd = state_dicts(args.size, dtype, device=args.device)
+            self.base = comfy.sd.load_diffusion_model_state_dict(sd)
+            del sd
+            self.unet = self.lora = None
+        else:
+            self.unet, self.lora = model_file(models, args.size, dtype)
+            self.base = nodes.UNETLoader().load_unet(self.unet, "default")[0]
         self.args = args
         self.family = family(args.size)
         g = torch.Generator().manual_seed(0)
@@ -48,6 +58,14 @@ class Bench:
             self.cond = [[torch.randn(1, TEXT_TOKENS["flux"], dims["context_in_dim"], generator=g),
                           {"pooled_output": torch.randn(1, dims["vec_in_dim"], generator=g), "guidance": 3.5}]]
         self.paths = ["ksampler", "deeptorch-sampler"] if self.family == "flux" else ["ksampler"]
+
+    def with_lora(self, model, strength):
+        """`model` + the benchmark LoRA at `strength`, by ComfyUI's LoRA loader (from the file, or the in-memory
+        state dict through the function that loader calls)."""
+        if self.lora is not None:
+            return self.nodes.LoraLoaderModelOnly().load_lora_model_only(model, self.lora, strength)[0]
+        import comfy.sd
+        return comfy.sd.load_lora_for_models(model, None, self.lora_sd, strength, 0)[0]
 
     def variant(self, name, model=None):
         model = model or self.base

@@ -30,23 +30,27 @@ def say(msg):
 
 
 # -- models ---------------------------------------------------------------------------------------------------------
+def state_dicts(size, dtype, device=None):
+    """(diffusion model, LoRA) state dicts for `size`: ComfyUI's own class with random weights (devkit.models)."""
+    from devkit import models
+    if family(size) == "sdxl":
+        sd = models.sdxl_unet_state_dict(dict(SDXL_UNET, **SIZES[size]), dtype, device=device)
+        return sd, models.sdxl_lora({"model.diffusion_model." + k: v for k, v in sd.items()})
+    dims = dict(in_channels=16, out_channels=16, mlp_ratio=4.0, theta=10000, patch_size=2, qkv_bias=True,
+                guidance_embed=True, **SIZES[size])
+    sd = models.flux_state_dict(dims, dtype, device=device)
+    return sd, models.flux_lora(sd)
+
+
 def model_file(models_dir, size, dtype):
     from safetensors.torch import save_file
-    from devkit import models
     path = os.path.join(models_dir, "unet", f"bench-{size}.safetensors")
     lora = os.path.join(models_dir, "loras", f"bench-{size}-lora.safetensors")
     if os.path.exists(path) and os.path.exists(lora):
         return os.path.basename(path), os.path.basename(lora)
-    if family(size) == "sdxl":
-        say(f"building {size} SDXL UNet weights (ComfyUI's UNetModel, random) -> {path}")
-        sd = models.sdxl_unet_state_dict(dict(SDXL_UNET, **SIZES[size]), dtype)
-        lora_sd = models.sdxl_lora({"model.diffusion_model." + k: v for k, v in sd.items()})
-    else:
-        dims = dict(in_channels=16, out_channels=16, mlp_ratio=4.0, theta=10000, patch_size=2, qkv_bias=True,
-                    guidance_embed=True, **SIZES[size])
-        say(f"building {size} FLUX weights (ComfyUI's Flux class, random) -> {path}")
-        sd = models.flux_state_dict(dims, dtype)
-        lora_sd = models.flux_lora(sd)
+    say(f"building {size} weights ({'SDXL UNetModel' if family(size) == 'sdxl' else 'Flux'}, ComfyUI's class, "
+        f"random) -> {path}")
+    sd, lora_sd = state_dicts(size, dtype)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.makedirs(os.path.dirname(lora), exist_ok=True)
     save_file(sd, path)

@@ -4,27 +4,27 @@ comfy_boot) only for the builders that name ComfyUI classes; the fillers are pla
 import torch
 
 
-def fill(sd, seed=0, dtype=None):
+def fill(sd, seed=0, dtype=None, device=None):
     """Deterministic weights for a (meta) state dict; `dtype` converts each tensor as it is made (a full-size
-    FLUX in float32 would need 48 GB at once)."""
-    g = torch.Generator().manual_seed(seed)
+    FLUX in float32 would need 48 GB at once); `device` makes them there (a GPU fills FLUX-dev in seconds)."""
+    g = torch.Generator(device or "cpu").manual_seed(seed)
     out = {}
     for k, v in sd.items():
         shape = tuple(v.shape)
         lk = k.lower()
         if ("norm" in lk or "ln_" in lk or "layer_norm" in lk) and (k.endswith(".weight") or k.endswith(".scale")):
-            t = torch.ones(shape)
+            t = torch.ones(shape, device=device)
         elif k.endswith(".weight") and len(shape) == 1:   # unnamed norms (SD UNet GroupNorms: in_layers.0, out.0)
-            t = torch.ones(shape)
+            t = torch.ones(shape, device=device)
         elif k.endswith(".bias"):
-            t = torch.zeros(shape)
+            t = torch.zeros(shape, device=device)
         elif len(shape) >= 2:
             fan_in = 1
             for d in shape[1:]:
                 fan_in *= d
-            t = torch.randn(shape, generator=g) / fan_in ** 0.5   # unit-variance activations
+            t = torch.randn(shape, generator=g, device=device) / fan_in ** 0.5   # unit-variance activations
         else:
-            t = torch.randn(shape, generator=g) * 0.02
+            t = torch.randn(shape, generator=g, device=device) * 0.02
         out[k] = (t if dtype is None else t.to(dtype)).contiguous()
     return out
 
@@ -63,18 +63,18 @@ def flux_lora(flux_sd, rank=4, targets=("double_blocks.0.img_attn.qkv", "double_
     return out
 
 
-def flux_state_dict(dims, dtype, seed=1):
+def flux_state_dict(dims, dtype, seed=1, device=None):
     """ComfyUI's Flux class with random weights at `dims` (its constructor's keyword arguments), in `dtype`."""
     import comfy.ldm.flux.model as fm
     import comfy.ops
     sd = meta_state_dict(lambda: fm.Flux(operations=comfy.ops.disable_weight_init, device="meta", **dims))
-    return fill(sd, seed, dtype)
+    return fill(sd, seed, dtype, device)
 
 
-def sdxl_unet_state_dict(unet, dtype, seed=1):
+def sdxl_unet_state_dict(unet, dtype, seed=1, device=None):
     """ComfyUI's UNetModel with random weights at `unet` (its constructor's keyword arguments), in `dtype`."""
     import comfy.ldm.modules.diffusionmodules.openaimodel as oai
     import comfy.ops
     sd = meta_state_dict(lambda: oai.UNetModel(dtype=dtype, device="meta", operations=comfy.ops.disable_weight_init,
                                                **unet))
-    return fill(sd, seed, dtype)
+    return fill(sd, seed, dtype, device)
