@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--strength", type=float, default=0.8)
     ap.add_argument("--cache", default="~/.cache/comfyui-deepytorch/bench")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--variants", default=None, help="comma-separated subset of: " + ", ".join(DESCRIPTIONS))
     args = ap.parse_args()
     args.cache = os.path.expanduser(args.cache)
     args.width, args.height = map(int, args.res.split("x"))
@@ -132,6 +133,8 @@ def main():
         runs = {"eager": (b.base, {}), "deepytorch": (deepy, {}),
                 "cn-eager": (b.base, dict(controlnet_condition=condition)),
                 "cn-deepytorch": (deepy, dict(controlnet_condition=condition))}
+    if args.variants:
+        runs = {v: r for v, r in runs.items() if v in args.variants.split(",")}
     for v, (model, kw) in runs.items():
         say(f"{v}: warm-up (compiles)")
         b.sample(model, w, h, args.steps, path=path, **kw)
@@ -149,8 +152,8 @@ def main():
                    v, DESCRIPTIONS[v]), "s_per_step": med[v], "s_per_step_min": min(steps[v]),
                                 "s_per_step_max": max(steps[v])} for v in runs}}
     for v, r in results["variants"].items():
-        base = med["cn-eager"] if v.startswith("cn-") else med["eager"]
-        r["speedup_vs_eager"] = base / med[v]
+        base = med.get("cn-eager") if v.startswith("cn-") else med.get("eager")
+        r["speedup_vs_eager"] = base / med[v] if base else None
         if "cn-peer" in med and v.startswith("cn-"):
             r["speedup_vs_peer"] = med["cn-peer"] / med[v]
     write(results, args.out)
@@ -166,16 +169,19 @@ def write(results, out):
              f"({results['device_name']}), ComfyUI {results['comfyui']}, torch {results['torch']}, commit "
              f"{results['commit']}", "",
              "| variant | s/step (median) | min | max | x eager (same ControlNet setting) | x peer |", "|---|---|---|---|---|---|"]
+    def ratio(x):
+        return "-" if x is None else f"{x:.2f}"
+
     for name, r in v.items():
-        peer = r.get("speedup_vs_peer")
         lines.append(f"| {name}: {r['description']} | {r['s_per_step']:.3f} | {r['s_per_step_min']:.3f} | "
-                     f"{r['s_per_step_max']:.3f} | {r['speedup_vs_eager']:.2f} | "
-                     f"{'-' if peer is None else f'{peer:.2f}'} |")
-    own = v["deepytorch"]["speedup_vs_eager"]
-    with_cn = v["cn-deepytorch"]["speedup_vs_eager"]
-    lines += ["", f"DeepyTorch speed-up over eager: {own:.2f}x without a ControlNet, {with_cn:.2f}x with one "
-              f"(target: with >= without: {'met' if with_cn >= own else 'missed'})"]
-    if "cn-peer" in v:
+                     f"{r['s_per_step_max']:.3f} | {ratio(r['speedup_vs_eager'])} | "
+                     f"{ratio(r.get('speedup_vs_peer'))} |")
+    own = v.get("deepytorch", {}).get("speedup_vs_eager")
+    with_cn = v.get("cn-deepytorch", {}).get("speedup_vs_eager")
+    if own and with_cn:   # (--variants may leave some out)
+        lines += ["", f"DeepyTorch speed-up over eager: {own:.2f}x without a ControlNet, {with_cn:.2f}x with one "
+                  f"(target: with >= without: {'met' if with_cn >= own else 'missed'})"]
+    if "cn-peer" in v and "cn-deepytorch" in v:
         lines.append(f"with a ControlNet, DeepyTorch vs the peers: {v['cn-deepytorch']['speedup_vs_peer']:.2f}x")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "results.md"), "w") as f:
