@@ -18,6 +18,8 @@ class Bench:
         if not found:
             sys.exit("bench: no ComfyUI found (make comfyui)")
         self.comfy_name, path = found[-1]
+        # the compile cache in the benchmark's own cache, not in the (shared) ComfyUI checkout's models folder
+        os.environ.setdefault("DEEPYTORCH_CACHE_DIR", os.path.join(os.path.expanduser(args.cache), "compile-cache"))
         extra = [] if args.device == "cpu" else ["--gpu-only"]
         self.comfy = Comfy(path, tempfile.mkdtemp(prefix="deepytorch-bench-"), extra_argv=extra, device=args.device)
         widths.install()   # the narrow sizes keep FLUX / SDXL key names and depth, not their widths
