@@ -113,7 +113,7 @@ class Bench:
                                                     latent, callback=clock.mark, disable_pbar=True, seed=seed))
         return clock.total, clock.per_step(), out
 
-    def sample_deeptorch(self, model, width, height, steps, seed, cond=None, neg=None, controlnet_condition=None):
+    def sample_deeptorch(self, model, width, height, steps, seed, cond, neg, controlnet_condition=None):
         """The DeepTorch Sampler node (no true CFG: one model call per step, like the KSampler path at cfg 1);
         steps are timed through ComfyUI's progress-bar hook, which the node's preview callback drives."""
         import comfy.utils
@@ -123,8 +123,8 @@ class Bench:
         previous = comfy.utils.PROGRESS_BAR_HOOK
         comfy.utils.set_progress_bar_global_hook(clock.mark)
         try:
-            out = clock.run(lambda: node.sampling(model, cond or self.cond, neg or self.cond, seed, steps, steps, 1.0,
-                                                  0.0, 1.0, latent, controlnet_condition)[0]["samples"])
+            out = clock.run(lambda: node.sampling(model, cond, neg, seed, steps, steps, 1.0, 0.0, 1.0, latent,
+                                                  controlnet_condition)[0]["samples"])
         finally:
             comfy.utils.set_progress_bar_global_hook(previous)
         return clock.total, clock.per_step(), out
