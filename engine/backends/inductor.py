@@ -1,6 +1,7 @@
 import functools
 import importlib.util
 import inspect
+import itertools
 import shutil
 import types
 
@@ -60,18 +61,25 @@ def _compile_accepts(name):
         return False
 
 
+_copies = itertools.count()
+
+
 def private_copy(fn):
     """`fn` with its own code object. dynamo keeps its cache entries and recompile limit per code object: on the
     class's own `forward` they would be shared with anyone else compiling that class in this process (ComfyUI's
     TorchCompileModel, another node pack), whose entries can exhaust the limit and silently send our regions to
     eager. The name differs too (`<name>_deepytorch`): dynamo keeps its size history for automatic dynamic shapes
     by file, line and name, so ours stays apart from theirs, while our copies for one class share it (see
-    parameter_shapes)."""
+    parameter_shapes). Each copy's code is unequal to every other's (an unused constant of its own): code objects
+    compare by value, and torch records guard failures in a dict keyed by code, where equal copies (one class at two
+    widths, shared by a UNet and its ControlNet) would pool their recompile reasons and each region would count the
+    others' recompiles as its own."""
     code = getattr(fn, "__code__", None)
     if not isinstance(fn, types.FunctionType) or code is None:
         return fn
-    copy = types.FunctionType(code.replace(co_name=f"{code.co_name}_deepytorch"), fn.__globals__, fn.__name__,
-                              fn.__defaults__, fn.__closure__)
+    code = code.replace(co_name=f"{code.co_name}_deepytorch",
+                        co_consts=code.co_consts + (("deepytorch private copy", next(_copies)),))
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     copy.__kwdefaults__ = fn.__kwdefaults__
     copy.__qualname__ = fn.__qualname__
     copy.__module__ = fn.__module__

@@ -357,6 +357,40 @@ def test_first_compiles_of_regions_that_share_code_are_no_recompiles(caplog, mon
     assert "past the recompile budget" not in caplog.text
 
 
+def test_a_recompile_is_counted_by_its_own_model_only_where_two_models_share_a_block_class(monkeypatch):
+    """A UNet and its ControlNet share block classes at several widths: each (class, width) has its own private copy
+    of the forward. Code objects compare by value and torch keys its guard failures by code, so equal copies would
+    pool their reasons: one model's recompile would be counted by the other, on every call (the recompile storm of
+    SDXL + ControlNet). Here model B (width 32) recompiles on a new shape; model A (width 16) must count none of it."""
+    from comfyui_deepytorch.engine.backends import inductor
+    first, second = inductor.private_copy(Block.forward), inductor.private_copy(Block.forward)
+    assert first.__code__ != second.__code__                    # unequal, yet one name / file / line for dynamo
+    assert (first.__code__.co_name, first.__code__.co_firstlineno) == (second.__code__.co_name,
+                                                                      second.__code__.co_firstlineno)
+    torch._dynamo.reset()
+    models = []
+    for width in (16, 32):
+        model = torch.nn.Module()
+        model.blocks = torch.nn.ModuleList([Block(width), Block(width)])
+        acc = regional.AcceleratedModel(f"W{width}", backends.DynamoBackend("eager"), CompileOptions(dynamic="false"))
+        install(model, acc)
+        models.append((model, acc, width))
+
+    def run(i, rows):
+        model, _, width = models[i]
+        x = torch.randn(rows, width)
+        with torch.inference_mode():
+            for b in model.blocks:
+                x = b(x)
+    run(0, 1), run(1, 1)
+    run(1, 2)                                   # B: a new shape, a recompile per region (its own)
+    for _ in range(3):
+        run(0, 1), run(1, 2), run(1, 1)
+    a, b = models[0][1], models[1][1]
+    assert (a.recompiles, b.recompiles) == (0, 2)
+    assert a.compiled_calls == 2 * 4 and b.compiled_calls == 2 * 8 and not a.over_budget and not b.over_budget
+
+
 def test_past_the_recompile_budget_regions_run_eager_with_a_warning_naming_them(caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="deepytorch")
     monkeypatch.setenv(regional.RECOMPILE_BUDGET_ENV, "2")
