@@ -11,6 +11,7 @@ Two ways, chosen by feature detection (never by ComfyUI version):
 Blocks are called normally, so forwards installed as ModelPatcher object patches (DeepyTorch's compiled regions,
 XLabs' processors) run.
 """
+import contextlib
 import inspect
 
 import torch
@@ -60,6 +61,32 @@ def stock_block_args(kind):
     cls = flux_layers.DoubleStreamBlock if kind == "double" else flux_layers.SingleStreamBlock
     params = _parameters(cls.forward) or {}
     return tuple(n for n in OPTIONAL_BLOCK_ARGS if n in params)
+
+
+def ip_adapters(diffusion_model):
+    """XLabs' IP-adapter processors (x-flux-comfyui's IPProcessor) installed on the double blocks, in block order."""
+    for block in diffusion_model.double_blocks:
+        yield from getattr(getattr(block, "processor", None), "ip_adapters", None) or ()
+
+
+@contextlib.contextmanager
+def ip_scales_as_tensors(diffusion_model):
+    """XLabs' IP-adapter processors keep their strength as a Python float (`ip_scale`, a new set of processors every
+    time "Apply Flux IPAdapter" runs), and a compiled block specialises on a float attribute: each new strength would
+    compile the block again. For the sampling call of a compiled model each strength is a 0-d float32 tensor (a graph
+    input, not a constant), put back afterwards. Yields how many there are."""
+    saved = []
+    for ip in ip_adapters(diffusion_model):
+        scale = getattr(ip, "ip_scale", None)
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            device = next((p.device for p in ip.parameters()), None)
+            saved.append((ip, scale))
+            ip.ip_scale = torch.tensor(float(scale), dtype=torch.float32, device=device)
+    try:
+        yield len(saved)
+    finally:
+        for ip, scale in saved:
+            ip.ip_scale = scale
 
 
 class FluxCall:

@@ -16,7 +16,7 @@ from ..engine import flux_sampling as fs
 from ..engine import log
 from .common import CATEGORY
 from . import xlabs_controlnet
-from .flux_model_call import FluxCall, is_flux
+from .flux_model_call import FluxCall, ip_scales_as_tensors, is_flux
 
 NODE = "DeepTorch Sampler"
 
@@ -150,11 +150,15 @@ class DeepTorchXlabsSampler:
             x0 = fs.unpack(fs.predicted_x0(img, pred, t_curr), p.height, p.width).float()
             preview(step, x0, img, total)
 
+        accelerated = xlabs_controlnet.accelerated_of(model)
         with torch.no_grad(), contextlib.ExitStack() as stack:
+            if accelerated is not None and stack.enter_context(ip_scales_as_tensors(model.model.diffusion_model)):
+                log.info("%s: XLabs IP-adapter strengths passed to the compiled blocks as tensors (a new strength "
+                         "compiles nothing)", NODE)
             controls = None
             if controlnet_condition:
                 controls = xlabs_controlnet.prepare(controlnet_condition, p.height, p.width, p.schedule_len, device,
-                                                    dtype, xlabs_controlnet.accelerated_of(model), stack)
+                                                    dtype, accelerated, stack)
 
             def model_fn(img, t_vec, negative, step):
                 cond = neg if negative else pos

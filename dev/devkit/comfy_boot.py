@@ -18,7 +18,7 @@ PACKAGE_DIR_NAME = "ComfyUI-DeepyTorch"
 
 # folder_paths names -> sub-folder of the models dir (the seed's layout: unet/, clip/, vae/, checkpoints/, loras/)
 MODEL_FOLDERS = {"checkpoints": "checkpoints", "diffusion_models": "unet", "unet": "unet", "vae": "vae",
-                 "controlnet": "controlnet",
+                 "controlnet": "controlnet", "clip_vision": "clip_vision",
                  "text_encoders": "clip", "clip": "clip", "loras": "loras"}
 
 

@@ -6,6 +6,7 @@ Key names are exactly those of the real checkpoints (flux1-dev.safetensors, ae.s
 clip_l.safetensors, t5xxl_*.safetensors, an SDXL checkpoint with UNet + CLIP-L + OpenCLIP-G + VAE);
 only the widths/depths are tiny.
 """
+import json
 import os
 
 import torch
@@ -33,6 +34,9 @@ SDXL_UNET = dict(in_channels=4, out_channels=4, model_channels=64, num_res_block
                  use_temporal_resblock=False,
                  use_temporal_attention=False)
 SD_VAE = dict(VAE, z_channels=4)
+# CLIP vision ViT-L/14 (clip_vision_l): ComfyUI picks its config by the 24th layer, so the depth stays; the 224-px
+# input (XLabs' IP-adapter preprocesses to it) and the 14-px patches stay too
+CLIP_VISION = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, projection_dim=16)
 
 
 def make_flux(dtype=torch.bfloat16, seed=1, **over):
@@ -158,6 +162,51 @@ def make_flux_union_controlnet():
     return out
 
 
+def make_clip_vision():
+    """clip_vision_l.safetensors (the guide's CLIP-L vision encoder, which XLabs' IP-adapter reads): ComfyUI's own
+    CLIPVisionModelProjection with the ViT-L config at the CLIP_VISION widths (comfy.clip_vision.load reads it)."""
+    import json
+    import comfy.clip_model, comfy.clip_vision, comfy.ops
+    with open(os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_vitl.json")) as f:
+        cfg = dict(json.load(f), **CLIP_VISION)
+    sd = meta_state_dict(lambda: comfy.clip_model.CLIPVisionModelProjection(cfg, torch.float32, "meta",
+                                                                            comfy.ops.disable_weight_init))
+    return {k: v for k, v in fill(sd, 18).items() if "position_ids" not in k}
+
+
+def xflux_clip_config():
+    """x-flux-comfyui's CLIP vision config file (its FluxClipViT writes `flux_clip_config.json` with ViT-L's widths
+    beside the CLIP vision model when the file is absent, and loads the model with transformers from it): the same
+    for the tiny widths, so that XLabs' own loading path reads the tiny model."""
+    vision = dict(CLIP_VISION, model_type="clip_vision_model", num_hidden_layers=24, image_size=224, patch_size=14,
+                  hidden_act="quick_gelu", layer_norm_eps=1e-5, num_channels=3)
+    return {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": CLIP_VISION["projection_dim"],
+            "text_config": {}, "vision_config": vision}
+
+
+def make_xlabs_ip_adapter(flux_sd, clip_vision_sd, tokens=16, blocks=19):
+    """XLabs' FLUX IP-adapter format (x-flux-comfyui "Load Flux IPAdatpter"): an image projection (CLIP image embeds
+    -> `tokens` context tokens) and key / value projections for the double blocks; XLabs' loader always reads 19
+    blocks (FLUX-dev's), so the file has 19 whatever the tiny model's depth."""
+    g = torch.Generator().manual_seed(19)
+    context = flux_sd["txt_in.weight"].shape[1]
+    hidden = flux_sd["img_in.weight"].shape[0]
+    embeds = clip_vision_sd["visual_projection.weight"].shape[0]
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=g) / shape[-1] ** 0.5).to(torch.bfloat16)
+    out = {"ip_adapter_proj_model.proj.weight": rand(tokens * context, embeds),
+           "ip_adapter_proj_model.proj.bias": rand(tokens * context),
+           "ip_adapter_proj_model.norm.weight": torch.ones(context, dtype=torch.bfloat16),
+           "ip_adapter_proj_model.norm.bias": torch.zeros(context, dtype=torch.bfloat16)}
+    for i in range(blocks):
+        for kv in ("k", "v"):
+            name = f"double_blocks.{i}.processor.ip_adapter_double_stream_{kv}_proj"
+            out[f"{name}.weight"] = rand(hidden, context)
+            out[f"{name}.bias"] = rand(hidden)
+    return out
+
+
 def make_xlabs_flux_lora(flux_sd, rank=4):
     """A FLUX LoRA in XLabs' format (x-flux-comfyui "Load Flux LoRA"): attention processors of the double blocks."""
     g = torch.Generator().manual_seed(11)
@@ -191,20 +240,25 @@ FILES = {
     "flux_controlnet": ("controlnet", "flux-canny-controlnet-v3.safetensors"),   # XLabs' format
     "sdxl_control_lora": ("controlnet", "control-lora-canny-rank128.safetensors"),   # Stability's Control-LoRA
     "flux_union_controlnet": ("controlnet", "flux-controlnet-union.safetensors"),      # InstantX's Union format
+    "clip_vision": ("clip_vision", "clip_vision_l.safetensors"),
+    "xlabs_ip_adapter": ("ipadapters", "flux-ip-adapter.safetensors"),   # XLabs' format (models/xlabs/ipadapters/)
 }
 NAMES = {key: file for key, (_, file) in FILES.items()}
+XFLUX_CLIP_CONFIG = "flux_clip_config.json"
 
 
 def generate(models_dir):
     """Write every tiny model (skips files already there). Returns {key: path}."""
     paths = {key: os.path.join(models_dir, sub, name) for key, (sub, name) in FILES.items()}
-    if all(os.path.exists(p) for p in paths.values()):
+    if all(os.path.exists(p) for p in paths.values()) and os.path.exists(
+            os.path.join(os.path.dirname(paths["clip_vision"]), XFLUX_CLIP_CONFIG)):
         return paths
     for p in paths.values():
         os.makedirs(os.path.dirname(p), exist_ok=True)
     flux = make_flux()
     sdxl = make_sdxl_checkpoint()
     sdxl_controlnet = make_sdxl_controlnet()
+    clip_vision = make_clip_vision()
     content = {"flux_unet": flux, "flux_unet_fp8": {k: v.to(torch.float8_e4m3fn) for k, v in flux.items()},
                "flux_schnell": make_flux(seed=12, guidance_embed=False), "flux_vae": make_vae(),
                "clip_l": make_clip_l(), "t5": make_t5(), "sdxl": sdxl,
@@ -212,6 +266,7 @@ def generate(models_dir):
                "sdxl_lora": sdxl_lora(sdxl), "sdxl_controlnet": sdxl_controlnet,
                "sdxl_control_lora": make_sdxl_control_lora(sdxl_controlnet), "flux_controlnet": make_flux_controlnet(),
                "flux_union_controlnet": make_flux_union_controlnet(),
+               "clip_vision": clip_vision, "xlabs_ip_adapter": make_xlabs_ip_adapter(flux, clip_vision),
                "flux_lora_b": flux_lora(flux, seed=13, targets=("double_blocks.0.img_attn.qkv",
                                                                  "double_blocks.1.img_mlp.2", "single_blocks.1.linear1")),
                "flux_lora_c": flux_lora(flux, seed=14, targets=("double_blocks.1.txt_attn.proj",
@@ -219,4 +274,6 @@ def generate(models_dir):
     for key, sd in content.items():
         if not os.path.exists(paths[key]):   # the others stay as they are (their mtime too)
             save_file(sd, paths[key])
+    with open(os.path.join(os.path.dirname(paths["clip_vision"]), XFLUX_CLIP_CONFIG), "w") as f:
+        json.dump(xflux_clip_config(), f)
     return paths

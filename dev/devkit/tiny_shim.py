@@ -2,7 +2,8 @@
 see README.md, "How it is tested").
 
 ComfyUI hard-codes the widths of FLUX (hidden 3072 / 24 heads / T5 context 4096), of T5-XXL
-(t5_config_xxl.json: 24 x 4096), of CLIP-L (sd1_clip_config.json: 12 x 768) and of the SD/FLUX VAE
+(t5_config_xxl.json: 24 x 4096), of CLIP-L (sd1_clip_config.json: 12 x 768), of CLIP vision (clip_vision_config_*.json,
+picked by layer count: ViT-L 24 x 1024) and of the SD/FLUX VAE
 (ch=128, ch_mult=[1,2,4,4]), and it matches SD UNets to a model family by exact widths (SDXL: 320 channels,
 context 2048, ADM 2816).  Key *names* are what ComfyUI's detection looks at; the widths are fixed.  This shim keeps
 every code path of ComfyUI (detection, loaders, ModelPatcher, samplers, LoRA patching, VAE tiling ...) and only swaps the hard-coded width numbers for the ones read from
@@ -82,6 +83,19 @@ def vae_dims(sd):
         "ch_mult": [sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels)],
         "num_res_blocks": _count(sd.keys(), "encoder.down.0.block.{}."),
     }
+
+
+def clip_vision_dims(sd):
+    """CLIP vision (ComfyUI / HF layout: vision_model.*, visual_projection)."""
+    p = "vision_model."
+    hidden = sd[f"{p}embeddings.class_embedding"].shape[0]
+    d = {"hidden_size": hidden,
+         "num_hidden_layers": _count(sd.keys(), p + "encoder.layers.{}."),
+         "intermediate_size": sd[f"{p}encoder.layers.0.mlp.fc1.weight"].shape[0],
+         "num_attention_heads": max(1, hidden // 16)}
+    if "visual_projection.weight" in sd:
+        d["projection_dim"] = sd["visual_projection.weight"].shape[0]
+    return d
 
 
 def _write_cfg(cfg):
@@ -206,4 +220,31 @@ def install():
         finally:
             _vae_override.reset(tok)
     comfy.sd.VAE.__init__ = vae_init
+
+    # ---- CLIP vision: ClipVisionModel reads a fixed JSON config chosen by layer count ----
+    import comfy.clip_vision as clip_vision
+    orig_cv_from_sd = clip_vision.load_clipvision_from_sd
+    orig_cv_init = clip_vision.ClipVisionModel.__init__
+    _cv_dims = contextvars.ContextVar("tiny_clip_vision_dims", default=None)
+
+    @functools.wraps(orig_cv_from_sd)
+    def load_clipvision_from_sd(sd, *a, **k):
+        dims = clip_vision_dims(sd) if "vision_model.embeddings.class_embedding" in sd else None
+        tok = _cv_dims.set(dims)
+        try:
+            return orig_cv_from_sd(sd, *a, **k)
+        finally:
+            _cv_dims.reset(tok)
+    clip_vision.load_clipvision_from_sd = load_clipvision_from_sd
+
+    @functools.wraps(orig_cv_init)
+    def cv_init(self, json_config, *a, **k):
+        dims = _cv_dims.get()
+        if dims and isinstance(json_config, str):
+            with open(json_config) as f:
+                cfg = json.load(f)
+            if any(cfg.get(kk) != vv for kk, vv in dims.items()):
+                json_config = _write_cfg(dict(cfg, **dims))
+        return orig_cv_init(self, json_config, *a, **k)
+    clip_vision.ClipVisionModel.__init__ = cv_init
     _installed["ok"] = True

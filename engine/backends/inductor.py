@@ -71,9 +71,10 @@ def private_copy(fn):
     eager. The name differs too (`<name>_deepytorch`): dynamo keeps its size history for automatic dynamic shapes
     by file, line and name, so ours stays apart from theirs, while our copies for one class share it (see
     parameter_shapes). Each copy's code is unequal to every other's (an unused constant of its own): code objects
-    compare by value, and torch records guard failures in a dict keyed by code, where equal copies (one class at two
-    widths, shared by a UNet and its ControlNet) would pool their recompile reasons and each region would count the
-    others' recompiles as its own."""
+    compare by value, and torch's guard failures and the recompile reasons AcceleratedModel has counted
+    (`_seen_failures`) are both kept in dicts keyed by code, where equal copies (one class at two widths,
+    shared by a UNet and its ControlNet) would pool their recompile reasons and each region would count the others'
+    recompiles as its own."""
     code = getattr(fn, "__code__", None)
     if not isinstance(fn, types.FunctionType) or code is None:
         return fn

@@ -1,8 +1,10 @@
 """Parity of the "DeepTorch Sampler to replace XlabsSampler" node with XLabs' own code (x-flux-comfyui,
 scripts/get-xflux; skipped without it): in-process (float32), XLabs' own sampling functions on XLabs' blocks and an
 XLabs ControlNet as reference for the block-by-block path; a real server with --fp16-unet and x-flux-comfyui loaded,
-our sampler and XlabsSampler in one graph, interfaces and latents compared.
+our sampler and XlabsSampler in one graph, interfaces and latents compared; a second one in bfloat16 for XLabs'
+IP-adapter (its processors are bfloat16 only).
 """
+import math
 import os
 import types
 
@@ -23,7 +25,8 @@ def xflux():
     """x-flux-comfyui's sampling / utils / ControlNet modules, imported without its __init__."""
     try:
         return types.SimpleNamespace(sampling=devkit_xflux.module("sampling"), utils=devkit_xflux.module("utils"),
-                                     controlnet=devkit_xflux.module("xflux.src.flux.controlnet"))
+                                     controlnet=devkit_xflux.module("xflux.src.flux.controlnet"),
+                                     layers=devkit_xflux.module("layers"))
     except ImportError as e:
         pytest.skip(f"x-flux-comfyui cannot be imported: {e}")
 
@@ -349,3 +352,130 @@ def test_xlabs_lora_and_comfyui_lora_stacked_accelerated_match_xlabs_sampler(xla
     assert diff <= 5e-3 * scale, f"max abs diff {diff} at a latent scale of {scale}"
     assert (ours - xlabs_only).abs().max() > 0.05 * scale   # the ComfyUI LoRA is in effect
     assert "DeepyTorch: Flux: compiling 4 region(s) with backend 'inductor'" in xlabs_server.log()
+
+
+# -- XLabs' IP-adapter: real loaders (x-flux's "Load Flux IPAdatpter" + ComfyUI's CLIP vision file through
+# transformers, as x-flux loads it), a real server computing in bfloat16 ------------------------------------------
+REFERENCE_IMAGE_B = "deepytorch_reference_b.png"
+
+
+@pytest.fixture(scope="module")
+def xlabs_bf16_server(comfy, tmp_path_factory):
+    """XLabs' IP-adapter processors are cast to bfloat16, so XlabsSampler runs with them only where it computes in
+    bfloat16 (`torch.cuda.is_bf16_supported()`): on the CPU it fails in float16. This server answers that question as
+    a bfloat16 GPU would (the test pack's stand-in, harness/testpack/bf16_device.py) and loads FLUX in bfloat16."""
+    if not xflux_harness.available():
+        pytest.skip(f"{xflux_harness.MISSING}: XLabs IP-adapter parity not checked")
+    s = xflux_harness.start_server(comfy, str(tmp_path_factory.mktemp("xlabs_bf16")), extra_args=["--bf16-unet"],
+                                   env={"DEEPYTORCH_TEST_BF16_DEVICE": "1"})
+    try:
+        problem = xflux_harness.load_problem(s)
+        if problem:
+            pytest.skip(problem)
+        write_control_image(os.path.join(s.base_dir, "input", CONTROL_IMAGE))
+        from PIL import Image
+        pixels = (torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(8)) * 255).to(torch.uint8)
+        Image.fromarray(pixels.numpy()).save(os.path.join(s.base_dir, "input", REFERENCE_IMAGE_B))
+        yield s
+    finally:
+        s.stop()
+
+
+def ip_adapter_graph(prefix, samplers, ip_scale=0.9, image=CONTROL_IMAGE, **kw):
+    """x-flux's Load Flux IPAdatpter (with the guide's clip_vision_l) + Apply Flux IPAdapter on a reference image,
+    the model of every sampler of the graph."""
+    p = graph(samplers=samplers, prefix=prefix, **kw)
+    p["50"] = {"class_type": "LoadFluxIPAdapter", "inputs": {"ipadatper": NAMES["xlabs_ip_adapter"],
+                                                             "clip_vision": NAMES["clip_vision"], "provider": "CPU"}}
+    p["51"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+    p["52"] = {"class_type": "ApplyFluxIPAdapter", "inputs": {"model": ["1", 0], "ip_adapter_flux": ["50", 0],
+                                                              "image": ["51", 0], "ip_scale": ip_scale}}
+    for i in range(len(samplers)):
+        p[str(9 + 10 * i)]["inputs"]["model"] = ["52", 0]
+    return p
+
+
+def bf16_ulps(diff, scale):
+    """`diff` in bfloat16 steps (8 significant bits) at the magnitude of `scale`."""
+    return diff / 2.0 ** (math.floor(math.log2(scale)) - 7)
+
+
+@pytest.mark.parametrize("case", [dict(), dict(cfg_start=1, true_gs=3.0)], ids=["no_cfg", "true_cfg"])
+def test_parity_with_xlabs_sampler_with_an_xlabs_ip_adapter(xlabs_bf16_server, case):
+    """Eager: our sampler on the IP-adapter's model gives XlabsSampler's latent (true CFG: XLabs swaps in the
+    negative image embedding for the negative branch, and so do we); the IP-adapter is in effect."""
+    s = xlabs_bf16_server
+    p = ip_adapter_graph("ipa_parity", ("XlabsSampler", NODE, NODE), **case)
+    p["29"]["inputs"]["model"] = ["1", 0]                    # ours, without the IP-adapter
+    entry = s.run(p)
+    theirs, ours, plain = (saved_latent(s.output_dir, entry, n) for n in ("90", "190", "290"))
+    assert theirs.dtype == torch.bfloat16                     # XlabsSampler computed in bfloat16
+    diff = (ours.float() - theirs.float()).abs().max().item()
+    assert diff <= 1e-4, f"max abs diff {diff}"
+    assert (ours.float() - plain.float()).abs().max().item() > 0.05 * theirs.float().abs().max().item()
+    assert "in bfloat16, calling the model via blocks" in s.log()
+
+
+def test_xlabs_ip_adapter_accelerated_matches_xlabs_sampler_and_a_new_strength_or_image_compiles_nothing(
+        xlabs_bf16_server):
+    """"Apply DeepyTorch to diffusion model" after "Apply Flux IPAdapter" (the guide's insertion point), true CFG:
+    the blocks run compiled (every call counted by the status route), the latent is XlabsSampler's (eager, same
+    graph) within 5 bfloat16 steps; a new IP-adapter strength, then a new reference image (x-flux installs new
+    processor objects each time) compile nothing (the test pack's compile counts) and change the result."""
+    import requests
+    from harness.counting import compiles_between
+    s = xlabs_bf16_server
+
+    def counts():
+        return requests.get(s.url + "/deepytorch-testpack/compiles", timeout=30).json()
+
+    def flux_status():
+        models = requests.get(s.url + "/deepytorch/status", timeout=30).json()["models"]
+        return [m for m in models if m["label"] == "Flux"][-1]
+
+    results = []
+    for run, (ip_scale, image) in enumerate([(0.9, CONTROL_IMAGE), (0.4, CONTROL_IMAGE), (0.4, REFERENCE_IMAGE_B)]):
+        p = ip_adapter_graph(f"ipa_accel{run}", ("XlabsSampler", NODE), ip_scale=ip_scale, image=image,
+                             cfg_start=1, true_gs=3.0)
+        p["32"] = {"class_type": "DeepyTorchApplyDiffusionModel", "inputs": {"model": ["52", 0],
+                                                                             **wf.accel_inputs(attention="comfy")}}
+        p["19"]["inputs"]["model"] = ["32", 0]
+        before, log_at = counts(), len(s.log())
+        entry = s.run(p)
+        theirs, ours = (saved_latent(s.output_dir, entry, n) for n in ("90", "190"))
+        scale = theirs.float().abs().max().item()
+        diff = (ours.float() - theirs.float()).abs().max().item()
+        # bfloat16 compute: compiled kernels round apart from eager ones by a few bfloat16 steps (measured: 2)
+        assert bf16_ulps(diff, scale) <= 5, f"run {run}: max abs diff {diff} at a latent scale of {scale}"
+        model = flux_status()
+        # 4 regions x (4 positive + 3 negative calls), compiled; no recompile
+        assert (model["compiled"], model["compiled_calls"], model["recompiles"]) == (4, 28, 0), model
+        new_log = s.log()[log_at:]
+        assert "IP-adapter strengths passed to the compiled blocks as tensors" in new_log
+        if run == 0:
+            assert "DeepyTorch: Flux: compiling 4 region(s) with backend 'inductor'" in new_log
+        else:
+            assert compiles_between(before, counts()) == 0, (before, counts())
+            assert "all 4 region(s) ready in" in new_log and "recompiled" not in new_log, new_log[-3000:]
+        results.append((theirs.float(), ours.float(), scale))
+    for (theirs_a, ours_a, scale), (theirs_b, ours_b, _) in zip(results, results[1:]):
+        assert (theirs_a - theirs_b).abs().max().item() > 0.02 * scale     # the new strength / image is in effect
+        assert (ours_a - ours_b).abs().max().item() > 0.02 * scale
+
+
+def test_ip_scales_are_tensors_for_the_call_and_floats_again_after(comfy, xflux):
+    """x-flux's own IPProcessor objects (as "Apply Flux IPAdapter" installs them): their float strengths become 0-d
+    tensors inside the context and are the same floats after it, also when the call fails."""
+    ip_scales_as_tensors = comfy.package.nodes.flux_model_call.ip_scales_as_tensors
+    procs = [xflux.layers.IPProcessor(8, 16, None, scale) for scale in (0.9, 0.25)]
+    mixer = xflux.layers.DoubleStreamMixerProcessor()
+    for ip in procs:
+        mixer.add_ipadapter(ip)
+    dm = types.SimpleNamespace(double_blocks=[types.SimpleNamespace(processor=mixer), types.SimpleNamespace()])
+    with pytest.raises(KeyboardInterrupt):
+        with ip_scales_as_tensors(dm) as n:
+            assert n == 2
+            assert [ip.ip_scale.item() for ip in procs] == [pytest.approx(0.9), 0.25]
+            assert all(ip.ip_scale.dtype == torch.float32 and ip.ip_scale.dim() == 0 for ip in procs)
+            raise KeyboardInterrupt
+    assert [ip.ip_scale for ip in procs] == [0.9, 0.25] and all(type(ip.ip_scale) is float for ip in procs)

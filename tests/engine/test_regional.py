@@ -357,7 +357,7 @@ def test_first_compiles_of_regions_that_share_code_are_no_recompiles(caplog, mon
     assert "past the recompile budget" not in caplog.text
 
 
-def test_a_recompile_is_counted_by_its_own_model_only_where_two_models_share_a_block_class(monkeypatch):
+def test_a_recompile_is_counted_by_its_own_model_only_where_two_models_share_a_block_class():
     """A UNet and its ControlNet share block classes at several widths: each (class, width) has its own private copy
     of the forward. Code objects compare by value and torch keys its guard failures by code, so equal copies would
     pool their reasons: one model's recompile would be counted by the other, on every call (the recompile storm of

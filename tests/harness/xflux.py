@@ -1,8 +1,8 @@
 """A real ComfyUI server with XLabs' x-flux-comfyui loaded beside this package and the test pack (scripts/get-xflux
 puts x-flux-comfyui in XFLUX_DIR). x-flux-comfyui creates models/xlabs/ inside the ComfyUI it runs in and its
-"Load Flux LoRA" / "Load Flux ControlNet" read ComfyUI/models/xlabs/loras/ and xlabs/controlnets/ only, so the server
-runs in a copy of the checkout made of hard links (the cached checkout stays untouched) with the tiny XLabs LoRA and
-the tiny FLUX ControlNet linked into those folders."""
+"Load Flux LoRA" / "Load Flux ControlNet" / "Load Flux IPAdatpter" read ComfyUI/models/xlabs/loras/, xlabs/controlnets/
+and xlabs/ipadapters/ only, so the server runs in a copy of the checkout made of hard links (the cached checkout stays
+untouched) with the tiny XLabs LoRA, FLUX ControlNet and IP-adapter linked into those folders."""
 import os
 import shutil
 
@@ -33,7 +33,7 @@ def _link_tree(src, dst):
     shutil.copytree(src, dst, copy_function=link, symlinks=True, ignore=ignore)
 
 
-def start_server(comfy, base, extra_args=()):
+def start_server(comfy, base, extra_args=(), env=None):
     """Start it (raises if it does not come up); the caller stops it. `comfy`: the booted devkit.comfy_boot.Comfy
     whose tiny models the server uses."""
     comfy_dir = os.path.join(base, "comfyui")
@@ -47,12 +47,17 @@ def start_server(comfy, base, extra_args=()):
     os.makedirs(controlnets, exist_ok=True)
     sub, name = FILES["flux_controlnet"]
     os.symlink(os.path.join(comfy.models_dir, sub, name), os.path.join(controlnets, name))
+    # "Load Flux IPAdatpter" reads ComfyUI/models/xlabs/ipadapters/ only (its CLIP vision model: models/clip_vision/)
+    ipadapters = os.path.join(comfy_dir, "models", "xlabs", "ipadapters")
+    os.makedirs(ipadapters, exist_ok=True)
+    sub, name = FILES["xlabs_ip_adapter"]
+    os.symlink(os.path.join(comfy.models_dir, sub, name), os.path.join(ipadapters, name))
     nodes_dir = os.path.join(base, "custom_nodes")
     os.makedirs(nodes_dir)
     for name, target in ((PACKAGE_DIR_NAME, REPO_ROOT), ("deepytorch_testpack", TESTPACK),
                          ("x-flux-comfyui", XFLUX_DIR)):
         os.symlink(target, os.path.join(nodes_dir, name))
-    server = ComfyServer(comfy_dir, os.path.join(base, "server"), comfy.models_dir, nodes_dir, extra_args)
+    server = ComfyServer(comfy_dir, os.path.join(base, "server"), comfy.models_dir, nodes_dir, extra_args, env=env)
     return server.start()
 
 
