@@ -2,6 +2,7 @@ from .diffusion import ApplyDeepyTorchDiffusionModel
 from .vae import ApplyDeepyTorchVAE
 from .controlnet import ApplyDeepyTorchControlNet
 from .sampler import DeepTorchXlabsSampler
+from .step_cache import ApplyDeepyTorchStepCache
 
 # Node ids are saved in users' workflows: never rename them.
 NODE_CLASS_MAPPINGS = {
@@ -9,10 +10,12 @@ NODE_CLASS_MAPPINGS = {
     "DeepyTorchApplyVAE": ApplyDeepyTorchVAE,
     "DeepTorchXlabsSampler": DeepTorchXlabsSampler,
     "DeepyTorchApplyControlNet": ApplyDeepyTorchControlNet,
+    "DeepyTorchStepCache": ApplyDeepyTorchStepCache,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DeepyTorchApplyDiffusionModel": "Apply DeepyTorch to diffusion model",
     "DeepyTorchApplyVAE": "Apply DeepyTorch to vae model",
     "DeepTorchXlabsSampler": "DeepTorch Sampler to replace XlabsSampler",
     "DeepyTorchApplyControlNet": "Apply DeepyTorch to controlnet",
+    "DeepyTorchStepCache": "Apply DeepyTorch step cache",
 }

@@ -9,7 +9,7 @@ Two ways, chosen by feature detection (never by ComfyUI version):
   accepts. IP-adapter processors get the positive / negative image embeddings as XLabs' model_forward sets them.
 
 Blocks are called normally, so forwards installed as ModelPatcher object patches (DeepyTorch's compiled regions,
-XLabs' processors) run.
+XLabs' processors) run; "dit" block-replace patches (DeepyTorch's step cache) are applied on both paths.
 """
 import contextlib
 import inspect
@@ -132,14 +132,31 @@ class FluxCall:
         vec = vec + dm.vector_in(y[:, :dm.params.vec_in_dim])
         txt = dm.txt_in(txt)
         pe = dm.pe_embedder(torch.cat((txt_ids, img_ids), dim=1))
+        replace = (self.transformer_options.get("patches_replace") or {}).get("dit") or {}
         for i, block in enumerate(dm.double_blocks):
             for ip in getattr(getattr(block, "processor", None), "ip_adapters", None) or ():
                 ip.ip_hidden_states = ip.in_hidden_states_neg if negative else ip.in_hidden_states_pos
-            img, txt = block(img=img, txt=txt, vec=vec, pe=pe, **{k: extra[k] for k in self._double_kw[i]})
+            kw = {k: extra[k] for k in self._double_kw[i]}
+            patch = replace.get(("double_block", i))
+            if patch is None:
+                img, txt = block(img=img, txt=txt, vec=vec, pe=pe, **kw)
+            else:   # as forward_orig does: e.g. DeepyTorch's step cache
+                def original(args, block=block, kw=kw):
+                    out = block(img=args["img"], txt=args["txt"], vec=args["vec"], pe=args["pe"], **kw)
+                    return {"img": out[0], "txt": out[1]}
+                out = patch({"img": img, "txt": txt, "vec": vec, "pe": pe, **extra}, {"original_block": original})
+                img, txt = out["img"], out["txt"]
             if controls is not None:
                 img = img + controls[i % 2]    # XLabs ControlNet: 2 residuals, alternating over the double blocks
         img = torch.cat((txt, img), 1)
         for i, block in enumerate(dm.single_blocks):
-            img = block(img, vec=vec, pe=pe, **{k: extra[k] for k in self._single_kw[i]})
+            kw = {k: extra[k] for k in self._single_kw[i]}
+            patch = replace.get(("single_block", i))
+            if patch is None:
+                img = block(img, vec=vec, pe=pe, **kw)
+            else:
+                def original(args, block=block, kw=kw):
+                    return {"img": block(args["img"], vec=args["vec"], pe=args["pe"], **kw)}
+                img = patch({"img": img, "vec": vec, "pe": pe, **extra}, {"original_block": original})["img"]
         img = img[:, txt.shape[1]:, ...]
         return dm.final_layer(img, vec)

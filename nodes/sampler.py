@@ -17,6 +17,7 @@ from ..engine import log
 from .common import CATEGORY
 from . import xlabs_controlnet
 from .flux_model_call import FluxCall, ip_scales_as_tensors, is_flux
+from .step_cache import step_cache_of
 
 NODE = "DeepTorch Sampler"
 
@@ -159,6 +160,10 @@ class DeepTorchXlabsSampler:
             if controlnet_condition:
                 controls = xlabs_controlnet.prepare(controlnet_condition, p.height, p.width, p.schedule_len, device,
                                                     dtype, accelerated, stack)
+            cache = step_cache_of(model)
+            if cache is not None:   # the same step cache as in ComfyUI's samplers, driven from XLabs' loop
+                cache.begin_run(p.timesteps)
+                stack.callback(cache.end_run)
 
             def model_fn(img, t_vec, negative, step):
                 cond = neg if negative else pos
@@ -167,7 +172,17 @@ class DeepTorchXlabsSampler:
                     residuals = controls(step, negative, lambda c: c.net(
                         img=img, img_ids=img_ids, controlnet_cond=c.image, txt=cond.txt, txt_ids=cond.txt_ids,
                         y=cond.vec, timesteps=t_vec, guidance=guidance_vec))
-                return call(img, img_ids, cond.txt, cond.txt_ids, t_vec, cond.vec, guidance_vec, negative, residuals)
+                if cache is None:
+                    return call(img, img_ids, cond.txt, cond.txt_ids, t_vec, cond.vec, guidance_vec, negative,
+                                residuals)
+                windows = None if controls is None else tuple(c.start <= step <= c.end for c in controls.controls)
+                cache.begin_call(float(t_vec[0]), ("negative" if negative else "positive", tuple(img.shape)),
+                                 control=windows, blocks=True)
+                try:
+                    return call(img, img_ids, cond.txt, cond.txt_ids, t_vec, cond.vec, guidance_vec, negative,
+                                residuals)
+                finally:
+                    cache.call = None
 
             img = fs.euler(model_fn, p.start, p.timesteps, true_gs, timestep_to_start_cfg, callback,
                            mm.throw_exception_if_processing_interrupted)

@@ -26,7 +26,8 @@ TEMPLATES = ["flux_deepytorch", "flux_lora_deepytorch", "flux_comfy_lora_deepyto
 DISPLAY_NAMES = {"DeepyTorchApplyDiffusionModel": "Apply DeepyTorch to diffusion model",
                  "DeepyTorchApplyVAE": "Apply DeepyTorch to vae model",
                  "DeepTorchXlabsSampler": "DeepTorch Sampler to replace XlabsSampler",
-                 "DeepyTorchApplyControlNet": "Apply DeepyTorch to controlnet"}
+                 "DeepyTorchApplyControlNet": "Apply DeepyTorch to controlnet",
+                 "DeepyTorchStepCache": "Apply DeepyTorch step cache"}
 DIFFUSION = "DeepyTorchApplyDiffusionModel"
 SEARCH_OPTIONS = ("() => [...document.querySelectorAll('.comfy-vue-node-search-container li[role=option]')]"
                   ".map(li => li.innerText.split('\\n')[0].trim()).filter(Boolean)")
