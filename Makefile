@@ -13,7 +13,7 @@ export COMFYUI_CACHE XFLUX_DIR TORCHINDUCTOR_CACHE_DIR
 REGISTRY_VENV ?= $(CACHE_DIR)/registry-venv
 export REGISTRY_VENV
 
-.PHONY: all setup comfyui browser registry test test-engine demo bench bench-controlnet bench-gpu bench-gpu-dry gpu-carry bench-coldstart bench-memory clean-venv
+.PHONY: all setup comfyui browser registry test test-engine demo bench bench-controlnet bench-stepcache bench-gpu bench-gpu-dry gpu-carry bench-coldstart bench-memory clean-venv
 all: test
 
 # Pinned ComfyUI commits (v0.3.6, v0.3.7, current) into $(COMFYUI_CACHE); COMFYUI_REPO may name a local clone.
@@ -64,6 +64,13 @@ bench: setup
 bench-controlnet: setup
 	$(PY) benchmarks/controlnet.py --size sdxl-narrow --out benchmarks/results/cpu-sdxl-narrow-controlnet
 	$(PY) benchmarks/controlnet.py --size flux-deep-narrow --out benchmarks/results/cpu-flux-deep-narrow-controlnet
+
+# Step cache (README's table): ours vs ComfyUI's EasyCache, alone and with the compiled model, 20 steps, errors vs
+# the uncached image. Thresholds for random weights (their per-step change is far above real models').
+bench-stepcache: setup
+	$(PY) benchmarks/step_cache.py --size flux-deep-narrow --ours 0.5,0.6,0.7,0.9 --easycache 0.2,0.5,1,2 \
+	  --out benchmarks/results/cpu-flux-deep-narrow-stepcache
+	$(PY) benchmarks/step_cache.py --size sdxl-narrow $(SDXL_STEPCACHE_ARGS) --out benchmarks/results/cpu-sdxl-narrow-stepcache
 
 # The GPU benchmark (README, "Benchmark"). gpu-carry: .gpu/, what travels to a borrowed GPU machine (ComfyUI + the
 # wheels its image lacks); there, `bash scripts/bench-gpu` (= make bench-gpu) runs benchmarks/gpu.py's phases within

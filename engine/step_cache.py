@@ -89,6 +89,7 @@ class StepCache:
         self.decision = None    # this step's: True = skip, False = compute, None = not decided yet
         self.consecutive = 0
         self.call = None        # the model call under way: _Call
+        self.run_kind = None    # how this run's calls decide (a FLUX model compiled whole decides on the whole model)
 
     def begin_run(self, sigmas=None):
         if self.step >= 0:
@@ -99,10 +100,11 @@ class StepCache:
         """Log the run's line, drop every cache tensor."""
         if self.step >= 0:
             sched = "".join(self.schedule)
+            kind = self.run_kind or self.kind
             run = {"schedule": sched, "computed": sched.count("C"), "skipped": sched.count("S"),
-                   "verify": list(self.verify_log)}
+                   "verify": list(self.verify_log), "kind": kind}
             self.runs.append(run)
-            log.info("step cache (%s, %s): %d step(s), %d computed, %d skipped: %s", self.label, self.kind,
+            log.info("step cache (%s, %s): %d step(s), %d computed, %d skipped: %s", self.label, kind,
                      len(sched), run["computed"], run["skipped"], sched)
             for step, est, real in self.verify_log:
                 log.info("step cache (%s) verify: step %d would be skipped: estimate %.4f, real error %.4f",
@@ -145,6 +147,7 @@ class StepCache:
         branch.control = control
         self.call = _Call(key, branch, sigma, force)
         self.call.blocks = (self.kind == FIRST_BLOCK) if blocks is None else bool(blocks)
+        self.run_kind = FIRST_BLOCK if self.call.blocks else WHOLE_MODEL
         return self.call
 
     def _decide(self, estimate, usable):

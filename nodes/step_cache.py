@@ -120,12 +120,26 @@ def other_caches(m):
     return found
 
 
-def _compiled_whole(dm):
-    """The diffusion model runs as one compiled graph (DeepyTorch scope 'whole', a torch.compile'd module): the
-    block patches would be traced into it, so the decision is taken on the whole call."""
+TORCH_COMPILE_WRAPPER = "torch.compile"   # the key of ComfyUI's TorchCompileModel wrapper (comfy_api.torch_helpers)
+
+
+def _compiled_whole(dm, transformer_options):
+    """The diffusion model runs as one compiled graph (DeepyTorch scope 'whole', a torch.compile'd module, ComfyUI's
+    TorchCompileModel): block patches would be traced into it (and guarded on), so the decision is taken on the
+    whole call and the block patches are left out of it."""
     forward = dm.__dict__.get("forward") if dm is not None else None
+    wrappers = ((transformer_options or {}).get("wrappers") or {}).get("apply_model") or {}
     return (getattr(forward, "deepytorch_region", None) is not None
-            or isinstance(dm, torch._dynamo.eval_frame.OptimizedModule))
+            or isinstance(dm, torch._dynamo.eval_frame.OptimizedModule) or TORCH_COMPILE_WRAPPER in wrappers)
+
+
+def _without_block_patches(c):
+    """The call's conditioning with this cache's "dit" patches taken out of its transformer_options."""
+    to = c.get("transformer_options") or {}
+    replace = to.get("patches_replace") or {}
+    dit = {k: v for k, v in (replace.get("dit") or {}).items() if not isinstance(v, _BlockPatch)}
+    replace = {**{k: v for k, v in replace.items() if k != "dit"}, **({"dit": dit} if dit else {})}
+    return dict(c, transformer_options=dict(to, patches_replace=replace))
 
 
 class _ModelWrapper:
@@ -141,7 +155,10 @@ class _ModelWrapper:
         x, t, c = args["input"], args["timestep"], args["c"]
         previous = self.deepytorch_previous
         dm = getattr(getattr(apply_model, "__self__", None), "diffusion_model", None)
-        blocks = self.flux and not _compiled_whole(dm)
+        blocks = self.flux and not _compiled_whole(dm, c.get("transformer_options"))
+        if self.flux and not blocks:
+            c = _without_block_patches(c)
+            args = dict(args, c=c)
         key = (tuple(args.get("cond_or_uncond") or ()), tuple(x.shape))
         self.cache.begin_call(float(t.reshape(-1)[0]), key, control=c.get("control") is not None, blocks=blocks)
 

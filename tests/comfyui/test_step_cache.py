@@ -241,6 +241,29 @@ def test_compiled_model_skips_and_computes_without_recompiling(comfy, models, or
     assert (again - eager_cached).abs().max() <= 1e-3 * max(1.0, float(eager_cached.abs().max()))
 
 
+@pytest.mark.parametrize("compiler", ["deepytorch-whole", "torchcompilemodel"])
+def test_a_flux_model_compiled_whole_decides_on_the_whole_model_without_recompiling(comfy, models, compiler):
+    """DeepyTorch scope 'whole' or ComfyUI's TorchCompileModel (current ComfyUI: a wrapper that compiles the whole
+    diffusion model at sampling time) would trace the block patches into their graph: the cache decides on the
+    whole model call instead, leaves its block patches out of the call, and the second run compiles nothing."""
+    base = models["flux"][0]
+    if compiler == "deepytorch-whole":
+        compiled = comfy.package.nodes.diffusion.ApplyDeepyTorchDiffusionModel().apply(
+            base, "inductor", "default", "auto", "whole", False)[0]
+    else:
+        helpers = pytest.importorskip("comfy_api.torch_helpers", reason="TorchCompileModel's wrapper: ComfyUI "
+                                      "after v0.3.7")
+        compiled = base.clone()
+        helpers.set_torch_compile_wrapper(model=compiled, backend="inductor")
+    m, cache = cached(comfy, compiled, max_consecutive=2)
+    first = ksample(models, "flux", m, steps=6)
+    counters.clear()
+    again = ksample(models, "flux", m, steps=6)
+    assert counters["stats"]["unique_graphs"] == 0
+    assert cache.runs[-1]["schedule"] == "CCSSCC" and cache.runs[-1]["kind"] == "whole model"
+    assert torch.equal(first, again)
+
+
 def test_state_lives_for_one_run_and_a_lora_strength_change_is_honoured(comfy, models):
     """One cache (the node before two LoRA loaders of different strengths): after every run no cache tensor is
     left, and the run at the second strength gives exactly what a new cache gives at that strength."""
