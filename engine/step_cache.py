@@ -161,7 +161,14 @@ class StepCache:
                 self.consecutive += 1
             else:
                 self.consecutive = 0
-        return self.decision and usable
+        return self.decision and usable and not call.force
+
+    def will_skip(self):
+        """Before the call's first block: True where this call will be skipped whatever it computes (the step is
+        already decided skip, by an earlier branch, and this branch has a cache; not in verify)."""
+        call = self.call
+        return bool(self.decision and not self.config.verify and call is not None and call.blocks
+                    and call.branch.signal is not None and not call.force)
 
     def _note_peak(self, branch):
         self.peak_tensors = max(self.peak_tensors, branch.tensors())

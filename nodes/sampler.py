@@ -165,20 +165,26 @@ class DeepTorchXlabsSampler:
                 cache.begin_run(p.timesteps)
                 stack.callback(cache.end_run)
 
+            def residuals_of(img, t_vec, negative, step, cond):
+                if controls is None:
+                    return None
+                return controls(step, negative, lambda c: c.net(
+                    img=img, img_ids=img_ids, controlnet_cond=c.image, txt=cond.txt, txt_ids=cond.txt_ids,
+                    y=cond.vec, timesteps=t_vec, guidance=guidance_vec))
+
             def model_fn(img, t_vec, negative, step):
                 cond = neg if negative else pos
-                residuals = None
-                if controls is not None:
-                    residuals = controls(step, negative, lambda c: c.net(
-                        img=img, img_ids=img_ids, controlnet_cond=c.image, txt=cond.txt, txt_ids=cond.txt_ids,
-                        y=cond.vec, timesteps=t_vec, guidance=guidance_vec))
                 if cache is None:
                     return call(img, img_ids, cond.txt, cond.txt_ids, t_vec, cond.vec, guidance_vec, negative,
-                                residuals)
+                                residuals_of(img, t_vec, negative, step, cond))
                 windows = None if controls is None else tuple(c.start <= step <= c.end for c in controls.controls)
                 cache.begin_call(float(t_vec[0]), ("negative" if negative else "positive", tuple(img.shape)),
                                  control=windows, blocks=True)
                 try:
+                    # the positive call decides the step (after its first block, where XLabs' residuals are already
+                    # added): its ControlNet always runs. A negative call of a skipped step uses no residual.
+                    residuals = None if negative and cache.will_skip() else residuals_of(img, t_vec, negative, step,
+                                                                                           cond)
                     return call(img, img_ids, cond.txt, cond.txt_ids, t_vec, cond.vec, guidance_vec, negative,
                                 residuals)
                 finally:

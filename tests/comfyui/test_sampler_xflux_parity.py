@@ -131,6 +131,32 @@ def test_xlabs_controlnet_windows_and_chains_match_xlabs_code(comfy, parts, xflu
     assert (out - skipped).abs().max() > 1
 
 
+def test_step_cache_skips_the_negative_branchs_controlnet_on_skipped_steps(comfy, parts, xflux):
+    """With true CFG and an XLabs ControlNet, "Apply DeepyTorch step cache" on a forced skip: the positive call
+    decides each step after its first block (its ControlNet always runs); the negative call of a skipped step needs
+    no residual, so its ControlNet does not run: 5 positive + 2 negative ControlNet calls for "CSSSC". With threshold
+    0 the latents are the uncached ones, bit for bit."""
+    net = xlabs_controlnet(xflux)
+    condition = conditions(net, control_image(), (0.7, 0.0, 1.0))
+    kw = dict(steps=5, cfg_start=0, true_gs=2.0)
+    node = comfy.package.nodes.step_cache.ApplyDeepyTorchStepCache()
+    calls = []
+    hook = net.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    try:
+        plain = sample_direct(comfy, parts, controlnet_condition=condition, **kw)
+        assert len(calls) == 10
+        off = node.apply(parts.model, 0.0, 0.15, 0.95, 3, False)[0]
+        assert torch.equal(sample_direct(comfy, parts, model=off, controlnet_condition=condition, **kw), plain)
+        calls.clear()
+        forced = node.apply(parts.model, 1e9, 0.0, 1.0, 100, False)[0]
+        out = sample_direct(comfy, parts, model=forced, controlnet_condition=condition, **kw)
+    finally:
+        hook.remove()
+    cache = comfy.package.nodes.step_cache.step_cache_of(forced)
+    assert cache.runs[-1]["schedule"] == "CSSSC" and len(calls) == 5 + 2
+    assert torch.isfinite(out).all() and not torch.equal(out, plain)
+
+
 def test_xlabs_controlnet_starting_late_adds_nothing_where_xlabs_raises(comfy, parts, xflux, deepy_log):
     """XlabsSampler fails (UnboundLocalError) when the first step is outside every window; here those steps run
     without a residual, said in the log, and the steps inside the window use the ControlNet."""
