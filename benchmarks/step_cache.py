@@ -29,9 +29,11 @@ WINDOW = dict(start=0.15, end=0.95, max_consecutive=3)   # the node's defaults, 
 
 
 def preview_pixels(model, latent):
-    """The latent as ComfyUI's latent preview shows it (latent_rgb_factors + bias, then 0..255)."""
+    """The latent as ComfyUI's latent preview shows it (in the model's latent space: latent_rgb_factors + bias,
+    then 0..255)."""
     import torch
     fmt = model.model.latent_format
+    latent = fmt.process_in(latent)
     factors = torch.tensor(fmt.latent_rgb_factors, dtype=torch.float32)
     bias = torch.tensor(fmt.latent_rgb_factors_bias or [0.0, 0.0, 0.0], dtype=torch.float32)
     rgb = torch.einsum("bchw,cr->brhw", latent.float(), factors) + bias.reshape(1, 3, 1, 1)
@@ -141,9 +143,11 @@ def main():
             "description": desc, "s_per_image": med, "s_min": min(times[v]), "s_max": max(times[v]),
             "speedup": base / med, "skipped": steps - stats[v][0][0],
             "latent_mean_err": statistics.mean(float(x.mean()) for x in lat),
+            "latent_rel_err": statistics.mean(float(x.mean() / r_.float().abs().mean()) for x, r_ in zip(lat, ref)),
             "latent_max_err": max(float(x.max()) for x in lat),
             "pixel_mean_err": statistics.mean(float(x.mean()) for x in pix),
             "pixel_max_err": max(float(x.max()) for x in pix)}
+    results["latent_scale"] = statistics.mean(float(r_.float().abs().mean()) for r_ in ref)
     results["targets"] = targets(results["variants"], ours_t, easy_t)
     write(results, args.out)
 
@@ -175,12 +179,14 @@ def write(results, out):
              f"(euler, cfg 1), {results['repeats']} repeats, device {results['device']} ({results['device_name']}), "
              f"ComfyUI {results['comfyui']}, torch {results['torch']}, commit {results['commit']}; window "
              f"{results['window']}. Errors vs the uncached image; random weights: indicative only.", "",
-             "| variant | s/image (median) | min | max | x uncached | skipped | latent err mean | max | "
-             "pixel err mean | max |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"Uncached latents: mean |latent| {results['latent_scale']:.3f}.", "",
+             "| variant | s/image (median) | min | max | x uncached | skipped | latent err mean | max | relative | "
+             "pixel err mean | max |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["variants"].items():
         lines.append(f"| {name}: {r['description']} | {r['s_per_image']:.2f} | {r['s_min']:.2f} | {r['s_max']:.2f} "
                      f"| {r['speedup']:.2f} | {r['skipped']} | {r['latent_mean_err']:.4f} | "
-                     f"{r['latent_max_err']:.4f} | {r['pixel_mean_err']:.2f} | {r['pixel_max_err']:.1f} |")
+                     f"{r['latent_max_err']:.4f} | {r['latent_rel_err']:.4f} | {r['pixel_mean_err']:.2f} | "
+                     f"{r['pixel_max_err']:.1f} |")
     lines.append("")
     lines += [f"- {t['target']}: {'met' if t['met'] else 'MISSED'}" for t in results["targets"]]
     text = "\n".join(lines) + "\n"
