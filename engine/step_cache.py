@@ -22,6 +22,7 @@ where a ControlNet starts or stops, a branch whose shape / dtype / device change
 The decisions are eager Python between compiled regions: the compiled blocks are called as they are, skipping and
 computing steps compile nothing.
 """
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +72,7 @@ class StepCache:
         self.label = label
         self.kind = kind
         self._reset_run(None)
-        self.runs = []          # per finished run: {"schedule": "CCS..", "computed": n, "skipped": n, "verify": [...]}
+        self.runs = deque(maxlen=16)   # the latest finished runs: {"schedule": "CCS..", "computed": n, ...}
         self.peak_tensors = 0   # most cache tensors one branch held at once (tests: <= 2)
 
     def __deepcopy__(self, memo):
