@@ -70,7 +70,7 @@ bench-controlnet: setup
 bench-stepcache: setup
 	$(PY) benchmarks/step_cache.py --size flux-deep-narrow --ours 0.5,0.6,0.7,0.9 --easycache 0.2,0.5,1,2 \
 	  --out benchmarks/results/cpu-flux-deep-narrow-stepcache
-	$(PY) benchmarks/step_cache.py --size sdxl-narrow --ours 0.05,0.1,0.2,0.4 --easycache 0.1,0.2,0.5 --out benchmarks/results/cpu-sdxl-narrow-stepcache
+	$(PY) benchmarks/step_cache.py --size sdxl-narrow --ours 0.05,0.1,0.2,0.3,0.4 --easycache 0.1,0.2,0.5 --out benchmarks/results/cpu-sdxl-narrow-stepcache
 
 # The GPU benchmark (README, "Benchmark"). gpu-carry: .gpu/, what travels to a borrowed GPU machine (ComfyUI + the
 # wheels its image lacks); there, `bash scripts/bench-gpu` (= make bench-gpu) runs benchmarks/gpu.py's phases within
