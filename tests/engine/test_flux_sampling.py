@@ -12,9 +12,10 @@ from comfyui_deepytorch.engine import flux_sampling as fs
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_engine_module_imports_without_comfyui():
+@pytest.mark.parametrize("module", ["flux_sampling", "step_cache"])
+def test_engine_module_imports_without_comfyui(module):
     code = ("import sys, types; pkg = types.ModuleType('p'); pkg.__path__ = [sys.argv[1]]; sys.modules['p'] = pkg; "
-            "import p.engine.flux_sampling; "
+            f"import p.engine.{module}; "
             "print(sorted(m for m in sys.modules if m == 'comfy' or m.startswith(('comfy.', 'folder_paths'))))")
     out = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
