@@ -16,8 +16,9 @@ Both estimates are taken against the last computed step, so the error of consecu
 A step is decided once, by its first model call (cond / uncond batched together in ComfyUI, or the positive
 branch of the DeepTorch Sampler), for every branch of that step; a branch without a usable cache computes. Always
 computed: steps outside [start, end] of the schedule, the last step, the step after `max_consecutive` skips, a step
-where a ControlNet starts or stops, a branch whose shape / dtype / device changed. State lives for one sampling run
-(`begin_run` .. `end_run`, or a sigma that goes up), at most two tensors per branch, none after `end_run`.
+where a ControlNet starts or stops, a branch whose shape / dtype / device changed, the step after sigma went up (a
+restarting sampler: the cache is dropped). State lives for one sampling run (`begin_run` .. `end_run`), at most two
+tensors per branch, none after `end_run`.
 
 The decisions are eager Python between compiled regions: the compiled blocks are called as they are, skipping and
 computing steps compile nothing.
@@ -130,9 +131,12 @@ class StepCache:
         cache's kind)."""
         sigma = float(sigma)
         if self.step_sigma is not None and sigma > self.step_sigma + 1e-9 * max(1.0, abs(self.step_sigma)):
-            log.info("step cache (%s): sigma went up (%.4g -> %.4g): a new sampling run", self.label,
+            # a sampler that restarts (e.g. "restart"), or a run whose start nothing told us: what is cached was
+            # computed for another trajectory
+            log.info("step cache (%s): sigma went up (%.4g -> %.4g): the cached results are dropped", self.label,
                      self.step_sigma, sigma)
-            self.begin_run(None)
+            self.branches = {}
+            self.consecutive = 0
         if self.step < 0 or sigma != self.step_sigma or key in self.step_keys:
             self.step += 1        # heun & co. call one branch twice at one sigma: two steps
             self.step_sigma = sigma

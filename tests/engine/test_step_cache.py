@@ -42,15 +42,17 @@ def test_estimate_above_threshold_computes_and_the_skip_is_the_formula():
     assert torch.equal(outs[1], torch.full((1, 4), 2.24 + 1.0))
 
 
-def test_heun_like_calls_are_counted_as_steps_and_sigma_up_starts_a_new_run():
+def test_heun_like_calls_are_counted_as_steps_and_sigma_up_drops_the_cache():
     cache = StepCache(Config(threshold=1.0, start=0.0, end=1.0, max_consecutive=9), kind=FIRST_BLOCK)
-    cache.begin_run([1.0, 0.5, 0.25, 0.0])
+    cache.begin_run([1.0, 0.75, 0.5, 0.25, 0.0])
     x = torch.ones(1, 2)
-    for s in (1.0, 0.5, 0.5, 0.25, 0.25):   # heun: sigma_i, sigma_i+1 (correction), sigma_i+1 (next step), ...
+    for s in (1.0, 0.75, 0.75, 0.5, 0.5):   # heun: sigma_i, sigma_i+1 (correction), sigma_i+1 (next step), ...
         first_block_call(cache, s, "b", x, 0.1)
-    assert len(cache.schedule) == 5
-    first_block_call(cache, 1.0, "b", x, 0.1)     # sigma went up: a second run, without the first's state
-    assert len(cache.runs) == 1 and cache.runs[0]["schedule"] == "CSSCC" and cache.schedule == ["C"]
+    assert cache.schedule == ["C", "S", "S", "S", "S"]
+    first_block_call(cache, 0.75, "b", x, 0.1)    # sigma went up (a restarting sampler): computed, cache dropped
+    first_block_call(cache, 0.5, "b", x, 0.1)
+    cache.end_run()
+    assert len(cache.runs) == 1 and cache.runs[0]["schedule"] == "CSSSSCS" and cache.tensor_count() == 0
 
 
 def test_branches_decide_together_and_a_new_shape_computes():
