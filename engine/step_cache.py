@@ -75,6 +75,7 @@ class StepCache:
         self._reset_run(None)
         self.runs = deque(maxlen=16)   # the latest finished runs: {"schedule": "CCS..", "computed": n, ...}
         self.peak_tensors = 0   # most cache tensors one branch held at once (tests: <= 2)
+        self.warned = set()     # other caches already warned about (the node's)
 
     def __deepcopy__(self, memo):
         return self

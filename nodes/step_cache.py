@@ -73,9 +73,7 @@ def install(m, config):
     label = type(m.model).__name__
     flux = is_flux(dm) and len(dm.double_blocks) > 0 and len(dm.single_blocks) > 0
     cache = StepCache(config, label, FIRST_BLOCK if flux else WHOLE_MODEL)
-    for other in other_caches(m):
-        log.warning("%s: %s is also on this model; stacking step caches compounds their errors (use one)", NODE,
-                    other)
+    _warn_other_caches(m, cache)
     previous = m.model_options.get("model_function_wrapper")
     previous = getattr(previous, "deepytorch_previous", previous)
     m.set_model_unet_function_wrapper(_ModelWrapper(cache, previous, flux))
@@ -94,6 +92,15 @@ def install(m, config):
              NODE, label, cache.kind, config.threshold, config.start, config.end, config.max_consecutive,
              ", verify (every step computed)" if config.verify else "")
     return cache
+
+
+def _warn_other_caches(m, cache):
+    """Once per cache and other cache: at install, and at the start of a run (another cache applied after ours)."""
+    for other in other_caches(m):
+        if other not in cache.warned:
+            cache.warned.add(other)
+            log.warning("%s: %s is also on this model; stacking step caches compounds their errors (use one)",
+                        NODE, other)
 
 
 def _outer_sample_type():
@@ -209,6 +216,9 @@ class _OuterSample:
         return self
 
     def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        patcher = getattr(getattr(executor, "class_obj", None), "model_patcher", None)
+        if patcher is not None:
+            _warn_other_caches(patcher, self.cache)
         self.cache.begin_run(sigmas)
         try:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)

@@ -166,14 +166,16 @@ def test_forced_skip_equals_the_cached_output_formula_on_ksampler_sdxl(comfy, mo
             assert torch.equal(out, x - s * last)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("cfg_start", [20, 0])
-def test_forced_skip_on_the_deeptorch_sampler_per_branch(comfy, parts, cfg_start):
+def test_forced_skip_on_the_deeptorch_sampler_per_branch(comfy, parts, cfg_start, batch):
     """XLabs' positive and negative calls are two branches decided together per step: each skipped call uses its own
     branch's cached residual."""
     m, cache = cached(comfy, parts.model)
     seen = Seen(parts.model, "flux")
     try:
-        sample_direct(comfy, parts, model=m, steps=5, cfg_start=cfg_start)
+        sample_direct(comfy, parts, model=m, steps=5, cfg_start=cfg_start, latent={"samples": torch.zeros(batch, 4,
+                                                                                                         8, 8)})
     finally:
         seen.close()
     sched = cache.runs[-1]["schedule"]
@@ -320,8 +322,16 @@ def test_another_step_cache_on_the_model_is_warned_about(comfy, models, deepy_lo
     easy = ec.EasyCacheNode.execute(models["sdxl"][0], 0.2, 0.15, 0.95, False)
     easy = easy[0] if isinstance(easy, tuple) else easy.args[0]
     cached(comfy, easy, threshold=0.1)
-    assert ("DeepyTorch: Apply DeepyTorch step cache: ComfyUI's easycache is also on this model; stacking step "
-            "caches compounds their errors (use one)") in deepy_log.text
+    warning = ("DeepyTorch: Apply DeepyTorch step cache: ComfyUI's easycache is also on this model; stacking step "
+               "caches compounds their errors (use one)")
+    assert deepy_log.text.count(warning) == 1
+    deepy_log.clear()     # EasyCache applied after ours: said when sampling starts, once
+    ours, _ = cached(comfy, models["sdxl"][0], threshold=0.1)
+    assert warning not in deepy_log.text
+    after = ec.EasyCacheNode.execute(ours, 0.2, 0.15, 0.95, False)
+    ksample(models, "sdxl", after[0] if isinstance(after, tuple) else after.args[0], steps=3)
+    ksample(models, "sdxl", after[0] if isinstance(after, tuple) else after.args[0], steps=3)
+    assert deepy_log.text.count(warning) == 1
 
 
 def test_bad_window_names_the_node_and_inputs(comfy, models):
