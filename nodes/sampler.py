@@ -17,7 +17,7 @@ from ..engine import log
 from .common import CATEGORY
 from . import xlabs_controlnet
 from .flux_model_call import FluxCall, ip_scales_as_tensors, is_flux
-from .step_cache import step_cache_of
+from .step_cache import own_patches, step_cache_of
 
 NODE = "DeepTorch Sampler"
 
@@ -138,7 +138,11 @@ class DeepTorchXlabsSampler:
                         "forward), which XLabs' sampling does not call: it runs uncompiled here. Use scope "
                         "'regional'.", NODE)
         self._load(model, (p.batch * 2, fs.LATENT_CHANNELS, h, w))
-        call = FluxCall(model.model.diffusion_model, model.model_options.get("transformer_options"))
+        cache = step_cache_of(model)
+        options = model.model_options.get("transformer_options")
+        if cache is not None:   # another node's block patch set after the step cache's runs inside it
+            options = own_patches(options, cache, len(dm.double_blocks), len(dm.single_blocks))[0]
+        call = FluxCall(model.model.diffusion_model, options)
         img_ids = fs.image_ids(p.batch, h, w, device, dtype)
         guidance = 1.0 if pos.guidance is None else pos.guidance
         guidance_vec = torch.full((p.batch,), guidance, device=device, dtype=dtype)
@@ -160,7 +164,6 @@ class DeepTorchXlabsSampler:
             if controlnet_condition:
                 controls = xlabs_controlnet.prepare(controlnet_condition, p.height, p.width, p.schedule_len, device,
                                                     dtype, accelerated, stack)
-            cache = step_cache_of(model)
             if cache is not None:   # the same step cache as in ComfyUI's samplers, driven from XLabs' loop
                 cache.begin_run(p.timesteps)
                 stack.callback(cache.end_run)

@@ -4,7 +4,9 @@ change (engine.step_cache decides). ComfyUI glue only:
 - every model call goes through a model function wrapper (`model_options["model_function_wrapper"]`, on every
   ComfyUI version; a wrapper already there is called inside ours);
 - FLUX: the first-block decision and the skip run in ComfyUI's "dit" block-replace patches, which call the blocks
-  as they are (compiled regions included): no ComfyUI forward is copied, no block's `forward` is replaced;
+  as they are (compiled regions included): no ComfyUI forward is copied, no block's `forward` is replaced. Another
+  node's "dit" patch on a block runs inside ours, whether it was set before our node or after it (e.g. ComfyUI's
+  SkipLayerGuidanceDiT, per call): never lost, and a call with other patches is a branch of its own;
 - other models (SD / SDXL UNets) and a FLUX model compiled whole: the decision is taken on the whole model call;
 - a sampling run starts and ends in an OUTER_SAMPLE wrapper (ComfyUI >= v0.3.7) or patches.sampling_runs (older).
 The DeepTorch Sampler finds the same cache in transformer_options and drives it itself (nodes/sampler.py).
@@ -76,14 +78,15 @@ def install(m, config):
     _warn_other_caches(m, cache)
     previous = m.model_options.get("model_function_wrapper")
     previous = getattr(previous, "deepytorch_previous", previous)
-    m.set_model_unet_function_wrapper(_ModelWrapper(cache, previous, flux))
+    m.set_model_unet_function_wrapper(_ModelWrapper(cache, previous, flux and (len(dm.double_blocks),
+                                                                              len(dm.single_blocks))))
     m.model_options.setdefault("transformer_options", {})[RUN_KEY] = cache
     if flux:
-        for i in range(len(dm.double_blocks)):
-            m.set_model_patch_replace(_BlockPatch(cache, "double", i == 0, False), "dit", "double_block", i)
-        last = len(dm.single_blocks) - 1
-        for i in range(len(dm.single_blocks)):
-            m.set_model_patch_replace(_BlockPatch(cache, "single", False, i == last), "dit", "single_block", i)
+        to, _ = own_patches(m.model_options["transformer_options"], cache, len(dm.double_blocks),
+                            len(dm.single_blocks))
+        for (block, i), patch in to["patches_replace"]["dit"].items():
+            if isinstance(patch, _BlockPatch):
+                m.set_model_patch_replace(patch, "dit", block, i)
     outer = _outer_sample_type()
     if outer is not None:
         m.remove_wrappers_with_key(outer, RUN_KEY)
@@ -141,18 +144,52 @@ def _compiled_whole(dm, transformer_options):
 
 
 def _without_block_patches(c):
-    """The call's conditioning with this cache's "dit" patches taken out of its transformer_options."""
+    """The call's conditioning with this cache's "dit" patches taken out of its transformer_options (another node's
+    patch that ran inside one of ours stays)."""
     to = c.get("transformer_options") or {}
     replace = to.get("patches_replace") or {}
-    dit = {k: v for k, v in (replace.get("dit") or {}).items() if not isinstance(v, _BlockPatch)}
+    dit = {}
+    for k, v in (replace.get("dit") or {}).items():
+        while isinstance(v, _BlockPatch):
+            v = v.inner
+        if v is not None:
+            dit[k] = v
     replace = {**{k: v for k, v in replace.items() if k != "dit"}, **({"dit": dit} if dit else {})}
     return dict(c, transformer_options=dict(to, patches_replace=replace))
+
+
+def own_patches(transformer_options, cache, n_double, n_single):
+    """(transformer_options whose "dit" patch on every FLUX block is one of `cache`'s, the other patches found).
+    Where another node's patch took the place of ours (set after our node, or per call as ComfyUI's
+    SkipLayerGuidanceDiT does) or was there before, ours calls it inside: it runs whenever the block would, and a
+    skipped call leaves it out as it leaves the block out. The other patches found name the call's branch (a call
+    with other blocks is not the branch's usual call)."""
+    to = transformer_options or {}
+    replace = to.get("patches_replace") or {}
+    dit = replace.get("dit") or {}
+    mine, others = {}, []
+    for kind, n in (("double", n_double), ("single", n_single)):
+        for i in range(n):
+            key = (kind + "_block", i)
+            patch = dit.get(key)
+            if isinstance(patch, _BlockPatch) and patch.cache is cache:
+                continue
+            if isinstance(patch, _BlockPatch):   # another step cache's (warned about): what it wrapped
+                patch = patch.inner
+            mine[key] = _BlockPatch(cache, kind, kind == "double" and i == 0, kind == "single" and i == n - 1,
+                                    patch)
+            if patch is not None:
+                others.append((key, id(patch)))
+    if not mine:
+        return to, ()
+    return dict(to, patches_replace=dict(replace, dit={**dit, **mine})), tuple(others)
 
 
 class _ModelWrapper:
     """ComfyUI's model function wrapper: one call of apply_model for one (cond / uncond) batch."""
 
     def __init__(self, cache, previous, flux):
+        # flux: (double blocks, single blocks) of a FLUX model, else False
         self.cache, self.deepytorch_previous, self.flux = cache, previous, flux
 
     def __deepcopy__(self, memo):
@@ -162,11 +199,17 @@ class _ModelWrapper:
         x, t, c = args["input"], args["timestep"], args["c"]
         previous = self.deepytorch_previous
         dm = getattr(getattr(apply_model, "__self__", None), "diffusion_model", None)
-        blocks = self.flux and not _compiled_whole(dm, c.get("transformer_options"))
-        if self.flux and not blocks:
+        blocks = bool(self.flux) and not _compiled_whole(dm, c.get("transformer_options"))
+        others = ()
+        if blocks:
+            to, others = own_patches(c.get("transformer_options"), self.cache, *self.flux)
+            if to is not c.get("transformer_options"):
+                c = dict(c, transformer_options=to)
+                args = dict(args, c=c)
+        elif self.flux:
             c = _without_block_patches(c)
             args = dict(args, c=c)
-        key = (tuple(args.get("cond_or_uncond") or ()), tuple(x.shape))
+        key = (tuple(args.get("cond_or_uncond") or ()), tuple(x.shape)) + ((others,) if others else ())
         self.cache.begin_call(float(t.reshape(-1)[0]), key, control=c.get("control") is not None, blocks=blocks)
 
         def compute():
@@ -179,16 +222,18 @@ class _ModelWrapper:
 
 class _BlockPatch:
     """A "dit" block-replace patch of a FLUX block: the first double block decides, the others pass their input
-    through on a skipped call, the last single block returns the cached output."""
+    through on a skipped call, the last single block returns the cached output. `inner`: another node's patch of
+    this block, called in the block's place."""
 
-    def __init__(self, cache, kind, first, last):
-        self.cache, self.kind, self.first, self.last = cache, kind, first, last
+    def __init__(self, cache, kind, first, last, inner=None):
+        self.cache, self.kind, self.first, self.last, self.inner = cache, kind, first, last, inner
 
     def __deepcopy__(self, memo):
         return self
 
     def __call__(self, args, extra):
-        cache, original = self.cache, extra["original_block"]
+        cache, inner = self.cache, self.inner
+        original = extra["original_block"] if inner is None else (lambda a: inner(a, extra))
         call = cache.call
         if call is None or not call.blocks:
             return original(args)

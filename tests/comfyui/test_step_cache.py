@@ -334,6 +334,98 @@ def test_another_step_cache_on_the_model_is_warned_about(comfy, models, deepy_lo
     assert deepy_log.text.count(warning) == 1
 
 
+def block_patch(scale=0.5):
+    """Another node's "dit" patch of a FLUX block, set as packs set theirs (ModelPatcher.set_model_patch_replace):
+    the block's image output scaled; `patch.calls` counts its calls."""
+    def patch(args, extra):
+        patch.calls += 1
+        out = extra["original_block"](args)
+        return dict(out, img=out["img"] * scale)
+    patch.calls = 0
+    return patch
+
+
+@pytest.mark.parametrize("block,index", [("double_block", 0), ("double_block", 1), ("single_block", 1)])
+def test_another_nodes_block_patch_runs_inside_ours_set_before_or_after(comfy, models, block, index):
+    """A patch on the first / a middle / the last block, set before our node or after it: threshold 0 gives the
+    patched model's latents exactly; with every allowed step skipped it runs where its block runs (the first block:
+    every step; the others: computed steps only)."""
+    base = models["flux"][0]
+    patch = block_patch()
+    patched = base.clone()
+    patched.set_model_patch_replace(patch, "dit", block, index)
+    plain = ksample(models, "flux", patched)
+    assert patch.calls == 6 and not torch.equal(plain, ksample(models, "flux"))
+    for order in ("before", "after"):
+        for threshold, schedule, calls in ((0.0, "CCCCCC", 6), (FORCE, "CSSSSC", 6 if index == 0 and
+                                                                 block == "double_block" else 2)):
+            if order == "before":
+                m, cache = cached(comfy, patched, threshold=threshold)
+            else:
+                m, cache = cached(comfy, base, threshold=threshold)
+                m = m.clone()
+                m.set_model_patch_replace(patch, "dit", block, index)
+            patch.calls = 0
+            out = ksample(models, "flux", m)
+            assert (cache.runs[-1]["schedule"], patch.calls) == (schedule, calls), (order, threshold)
+            if not threshold:
+                assert torch.equal(out, plain), order
+
+
+def test_another_nodes_block_patch_set_after_ours_runs_inside_ours_on_the_deeptorch_sampler(comfy, parts):
+    patch = block_patch()
+    patched = parts.model.clone()
+    patched.set_model_patch_replace(patch, "dit", "double_block", 1)
+    plain = sample_direct(comfy, parts, model=patched, steps=5)
+    for threshold, schedule, calls in ((0.0, "CCCCC", 5), (FORCE, "CSSSC", 2)):
+        m, cache = cached(comfy, parts.model, threshold=threshold)
+        m = m.clone()
+        m.set_model_patch_replace(patch, "dit", "double_block", 1)
+        patch.calls = 0
+        out = sample_direct(comfy, parts, model=m, steps=5)
+        assert (cache.runs[-1]["schedule"], patch.calls) == (schedule, calls)
+        if not threshold:
+            assert torch.equal(out, plain)
+
+
+def skip_layer_guidance(model):
+    """ComfyUI's SkipLayerGuidanceDiT at every step, double block 1 and single block 0 left out of its extra call."""
+    slg = pytest.importorskip("comfy_extras.nodes_slg")
+    kw = dict(scale=3.0, start_percent=0.0, end_percent=1.0, double_layers="1", single_layers="0")
+    node = slg.SkipLayerGuidanceDiT
+    out = node.execute(model, **kw) if hasattr(node, "execute") else node().skip_guidance(model, **kw)
+    return out[0] if isinstance(out, tuple) else out.args[0]
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_comfyuis_skip_layer_guidance_call_is_a_branch_of_its_own(comfy, models, order):
+    """SkipLayerGuidanceDiT replaces blocks per call, for an extra call of the cond batch: our patches call its
+    patches inside, and that call is cached as a branch of its own (not a second step, not the cond branch)."""
+    base = models["flux"][0]
+    plain = ksample(models, "flux", skip_layer_guidance(base))
+    for threshold, schedule in ((0.0, "CCCCCC"), (FORCE, "CSSSSC")):
+        if order == "before":
+            m, cache = cached(comfy, skip_layer_guidance(base), threshold=threshold)
+        else:
+            ours, cache = cached(comfy, base, threshold=threshold)
+            m = skip_layer_guidance(ours)
+        seen = Seen(base, "flux")
+        try:
+            out = ksample(models, "flux", m)
+        finally:
+            seen.close()
+        sched = cache.runs[-1]["schedule"]
+        assert sched == schedule and len(seen.calls) == 12, (order, threshold)
+        if not threshold:
+            assert torch.equal(out, plain)
+            continue
+        for i, c in enumerate(seen.calls):
+            c["step"] = sched[i // 2]
+        # calls alternate: the cond batch, then SkipLayerGuidance's call with blocks left out
+        assert _check_flux_formula(seen.calls, sched, branch_of=lambda i: i % 2) == 8
+        assert cache.peak_tensors == 2
+
+
 def test_bad_window_names_the_node_and_inputs(comfy, models):
     node = comfy.package.nodes.step_cache.ApplyDeepyTorchStepCache()
     with pytest.raises(ValueError, match=r"^Apply DeepyTorch step cache: start \(0.8\) is after end \(0.5\)$"):
