@@ -23,13 +23,13 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "dev"))
 
 from sizes import SDXL_UNET, SIZES, TEXT_TOKENS, family, model_file, say  # noqa: E402
+from devkit.scratch import scratch_dir  # noqa: E402
 
 KINDS = ("eager", "empty", "warm", "warmup")
 ACCEL = "DeepyTorchApplyDiffusionModel"
@@ -92,7 +92,7 @@ class Instance:
                "DEEPYTORCH_AUTO": None}
         if kind == "warmup":
             env["DEEPYTORCH_WARMUP"] = prompt_file
-        self.server = ComfyServer(args.comfy_dir, tempfile.mkdtemp(prefix=f"deepytorch-coldstart-{kind}-"),
+        self.server = ComfyServer(args.comfy_dir, scratch_dir(f"deepytorch-coldstart-{kind}-"),
                                   args.models_dir, args.custom_nodes, env=env, cpu=args.device == "cpu",
                                   extra_args=[] if args.device == "cpu" else ["--gpu-only"])
         self.kind = kind
@@ -169,7 +169,7 @@ def main():
     width, height = map(int, args.res.split("x"))
     from devkit.locate import checkouts
     args.comfy_dir = args.comfyui or checkouts()[-1][1]
-    work = tempfile.mkdtemp(prefix="deepytorch-coldstart-")
+    work = scratch_dir("deepytorch-coldstart-")
     args.custom_nodes = os.path.join(work, "custom_nodes")
     os.makedirs(args.custom_nodes)
     os.symlink(ROOT, os.path.join(args.custom_nodes, "ComfyUI-DeepyTorch"))

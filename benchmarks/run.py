@@ -36,6 +36,7 @@ if os.environ.get("DEEPYTORCH_REHEARSE_GPU_IMAGE"):   # benchmarks/gpu.py --dry-
 from report import write  # noqa: E402
 from sampling import Bench  # noqa: E402
 from sizes import SIZES, family, say  # noqa: E402
+from devkit.scratch import scratch_dir  # noqa: E402
 
 VARIANTS = {
     "eager": "ComfyUI eager (its default attention)",
@@ -176,7 +177,7 @@ def phase_main(args):
         compile_phases(args, results, [v for v in variants if v not in ("eager", "eager-sdpa")])
         for v in ("eager", "eager-sdpa"):
             if v in variants:
-                results["variants"].setdefault(v, {})["peak_mib"] = fresh(args, v, tempfile.mkdtemp())["peak_mib"]
+                results["variants"].setdefault(v, {})["peak_mib"] = fresh(args, v, scratch_dir("deepytorch-bench-peak-"))["peak_mib"]
     if not phases & {"steady", "recompiles"}:
         return write(results, args.out)
 

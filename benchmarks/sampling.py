@@ -3,10 +3,10 @@ eager + SDPA, ComfyUI's TorchCompileModel, DeepyTorch), and the KSampler / DeepT
 clock."""
 import os
 import sys
-import tempfile
 import time
 
 from devkit import widths
+from devkit.scratch import scratch_dir
 from sizes import SDXL_UNET, SIZES, TEXT_TOKENS, family, model_file, say, state_dicts
 
 
@@ -21,7 +21,7 @@ class Bench:
         # the compile cache in the benchmark's own cache, not in the (shared) ComfyUI checkout's models folder
         os.environ.setdefault("DEEPYTORCH_CACHE_DIR", os.path.join(os.path.expanduser(args.cache), "compile-cache"))
         extra = [] if args.device == "cpu" else ["--gpu-only"]
-        self.comfy = Comfy(path, tempfile.mkdtemp(prefix="deepytorch-bench-"), extra_argv=extra, device=args.device)
+        self.comfy = Comfy(path, scratch_dir("deepytorch-bench-"), extra_argv=extra, device=args.device)
         widths.install()   # the narrow sizes keep FLUX / SDXL key names and depth, not their widths
         import torch
         self.torch = torch

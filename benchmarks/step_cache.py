@@ -23,7 +23,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "dev"), os.path.join(ROOT, "benchmarks")]
 
-from sizes import family, say  # noqa: E402
+from sizes import say  # noqa: E402
 
 WINDOW = dict(start=0.15, end=0.95, max_consecutive=3)   # the node's defaults, for both caches' windows
 

@@ -1,7 +1,6 @@
 """`GET /deepytorch/status`: 503 until the start-up warm-up (if any) has finished, done or failed, then 200; the JSON
 says how the warm-up went, how every accelerated model started and where the compile cache is."""
 import logging
-import os
 
 from ..engine import compile_cache, regional
 from . import warmup

@@ -10,4 +10,5 @@ never needed by users). Put `dev/` on sys.path, not the repository root: the roo
 - widths: ComfyUI's loaders read narrow FLUX / SDXL widths from the tensors (the benchmark's CPU sizes)
 - tiny_models, tiny_shim: tiny real-format models of every kind (FLUX, VAE, CLIP-L, T5, an SDXL checkpoint) and the
   shim that lets ComfyUI load them
+- scratch: temporary folders removed when the process exits
 """

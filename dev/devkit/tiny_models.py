@@ -48,7 +48,6 @@ def make_flux(dtype=torch.bfloat16, seed=1, **over):
 
 def make_vae():
     import comfy.ldm.modules.diffusionmodules.model as ae
-    import comfy.ops
     enc = meta_state_dict(lambda: ae.Encoder(**VAE))
     dec = meta_state_dict(lambda: ae.Decoder(**VAE))
     sd = {**{"encoder." + k: v for k, v in enc.items()}, **{"decoder." + k: v for k, v in dec.items()}}
