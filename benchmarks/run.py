@@ -177,7 +177,8 @@ def phase_main(args):
         compile_phases(args, results, [v for v in variants if v not in ("eager", "eager-sdpa")])
         for v in ("eager", "eager-sdpa"):
             if v in variants:
-                results["variants"].setdefault(v, {})["peak_mib"] = fresh(args, v, scratch_dir("deepytorch-bench-peak-"))["peak_mib"]
+                peak = fresh(args, v, scratch_dir("deepytorch-bench-peak-"))["peak_mib"]
+                results["variants"].setdefault(v, {})["peak_mib"] = peak
     if not phases & {"steady", "recompiles"}:
         return write(results, args.out)
 
