@@ -30,6 +30,7 @@ import tempfile
 import time
 import types
 import uuid
+import weakref
 
 import torch
 
@@ -229,6 +230,7 @@ class _GuardFilter:
     def __init__(self):
         from torch._dynamo.guards import CheckFunctionManager
         self.unsupported = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+        self.hooks_unguarded = bool(getattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False))
         self.checks = {}
         self.unsafe = []
 
@@ -238,6 +240,10 @@ class _GuardFilter:
     def keep(self, g):
         kinds = {g.guard_type, *(g.derived_guard_types or ())}
         if g.is_global:                                  # globals: the key's source hashes and torch version
+            return False
+        if g.guard_type == "EMPTY_NN_MODULE_HOOKS_DICT" and self.hooks_unguarded:
+            # torch checks nothing for these (skip_nnmodule_hook_guards): saved, they only cost load time (43% of a
+            # SpatialTransformer's 3382 guards; unpickling and rebuilding guards is most of a warm start)
             return False
         if "type(" in g.name or "__mro__" in g.name:     # class structure: the key's class names + source hashes
             return False
@@ -482,6 +488,10 @@ class PrecompiledForward:
         self.directory = directory
         self.context = context
         self.entries = []
+        # the entry each block matched last: blocks of one class and shapes that need artifacts of their own (SDXL's
+        # SpatialTransformers, keyed by block id) are called in turn, and trying the entries in list order would
+        # check every other block's guards first (measured: 2.5 failed checks per call, 19 ms a step on sdxl-narrow)
+        self.last = weakref.WeakKeyDictionary()
         self.loaded_paths = set()
         self.broken = None                      # why this class takes the dynamo path from now on
         self.unsaved = {}                       # {dynamic or 'stripped': why}: artifacts of that kind are not saved
@@ -494,24 +504,24 @@ class PrecompiledForward:
 
     def __call__(self, module, *args, **kwargs):
         if self.broken is None:
-            for i, entry in enumerate(self.entries):
-                if entry.matches(module, args, kwargs):
-                    if i:
-                        self.entries.insert(0, self.entries.pop(i))
-                    self.deepytorch_graph_calls[0] += 1
-                    STATS["calls"] += 1
-                    return entry.call(module, args, kwargs)
-            entry = self._miss(module, args, kwargs)
+            entry = self._match(module, args, kwargs) or self._miss(module, args, kwargs)
             if entry is not None:
+                self.last[module] = entry
                 self.deepytorch_graph_calls[0] += 1
                 STATS["calls"] += 1
                 return entry.call(module, args, kwargs)
         return self.dynamo(module, *args, **kwargs)
 
+    def _match(self, module, args, kwargs):
+        last = self.last.get(module)
+        if last is not None and last.matches(module, args, kwargs):
+            return last
+        return next((e for e in self.entries if e is not last and e.matches(module, args, kwargs)), None)
+
     # -- a call no entry matches: load one from the store, else bake one ---------------------------------------
     def _miss(self, module, args, kwargs):
         had = bool(self.entries)
-        reason = self.entries[0].why_not(module, args, kwargs) if had else None
+        reason = (self.last.get(module) or self.entries[0]).why_not(module, args, kwargs) if had else None
         static = self._key(module, args, kwargs, False)
         dynamic = self._key(module, args, kwargs, True) if self.options.dynamic != "false" else None
         # a class whose marked inputs torch cannot save faithfully (see _without_weak_marks): its 'stripped' artifacts
@@ -547,7 +557,9 @@ class PrecompiledForward:
         parts = {"format": FORMAT, "system": system(), "pack": pack_version(), "engine": engine_hash(),
                  "block": _class_key(self.cls, self.shapes, module_tree(module)), "options": str(self.options),
                  "context": self.context, "compile": _stable(self.compile_kwargs),
-                 "inputs": signature(args, kwargs, dynamic, strip), "dynamic": dynamic}
+                 "inputs": signature(args, kwargs, dynamic, strip), "dynamic": dynamic,
+                 # artifacts baked without hook guards (see _GuardFilter) are for processes that check none either
+                 "hook_guards": not getattr(torch._dynamo.config, "skip_nnmodule_hook_guards", False)}
         if strip:
             parts["strip"] = True
         return f"{self.name}-{_digest(parts)[:24]}{'-dyn' if dynamic else ''}{'s' if strip else ''}"
