@@ -15,7 +15,6 @@ from one run are compared on this CPU).
 Writes <out>/results.json and results.md; prints the table.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "dev"), os.path.join(ROOT, "benchmarks")]
 
+from report import parse, save, shared_args  # noqa: E402
 from sizes import SDXL_UNET, SIZES, family, say  # noqa: E402
 
 DESCRIPTIONS = {
@@ -92,18 +92,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="sdxl-narrow", choices=["sdxl-narrow", "flux-deep-narrow", "tiny", "sdxl",
                                                                "flux-dev"])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--res", default="512x512")
     ap.add_argument("--strength", type=float, default=0.8)
-    ap.add_argument("--cache", default="~/.cache/comfyui-deepytorch/bench")
-    ap.add_argument("--out", default=None)
     ap.add_argument("--variants", default=None, help="comma-separated subset of: " + ", ".join(DESCRIPTIONS))
-    args = ap.parse_args()
-    args.cache = os.path.expanduser(args.cache)
-    args.width, args.height = map(int, args.res.split("x"))
-    args.out = args.out or os.path.join(ROOT, "test-artifacts", "bench", f"{args.device}-{args.size}-controlnet")
+    shared_args(ap, "512x512")
+    args = parse(ap, "controlnet")
     from run import cpu_name, git_commit
     from sampling import Bench
     b = Bench(args)
@@ -160,9 +154,6 @@ def main():
 
 
 def write(results, out):
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
     v = results["variants"]
     lines = [f"DeepyTorch ControlNet benchmark: {results['size']}, {results['resolution']}, {results['steps']} steps, "
              f"{results['repeats']} repeats, {results['path']} path, device {results['device']} "
@@ -183,10 +174,7 @@ def write(results, out):
                   f"(target: with >= without: {'met' if with_cn >= own else 'missed'})"]
     if "cn-peer" in v and "cn-deepytorch" in v:
         lines.append(f"with a ControlNet, DeepyTorch vs the peers: {v['cn-deepytorch']['speedup_vs_peer']:.2f}x")
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text)
-    print(text)
+    save(results, out, lines)
 
 
 if __name__ == "__main__":

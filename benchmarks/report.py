@@ -1,8 +1,41 @@
-"""The benchmark's results: results.json, the markdown tables (results.md, printed) and the bar chart (results.png)."""
+"""The benchmark's results: results.json, the markdown tables (results.md, printed) and the bar chart (results.png);
+the arguments every benchmark script shares (device, resolution, model cache, output folder)."""
 import json
 import os
 
 from sizes import family
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shared_args(ap, res):
+    """The arguments of every benchmark script after its own: --device, --res (default `res`), --cache, --out."""
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--res", default=res)
+    ap.add_argument("--cache", default="~/.cache/comfyui-deepytorch/bench")
+    ap.add_argument("--out", default=None)
+
+
+def parse(ap, kind):
+    """ap's arguments, with width / height from --res and the default output folder test-artifacts/bench/<device>-
+    <size>-<kind>."""
+    args = ap.parse_args()
+    args.cache = os.path.expanduser(args.cache)
+    args.width, args.height = map(int, args.res.split("x"))
+    args.out = args.out or os.path.join(ROOT, "test-artifacts", "bench", f"{args.device}-{args.size}-{kind}")
+    return args
+
+
+def save(results, out, lines):
+    """results.json and results.md (the markdown `lines`, also printed) in `out`."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text)
+    print(text)
+
 
 PATH_TITLES = {"ksampler": "ComfyUI's KSampler path", "deeptorch-sampler": "DeepTorch Sampler path (XLabs' sampling)"}
 

@@ -15,7 +15,6 @@ latent_rgb_factors, 0..255). Random weights: the error figures are indicative on
 """
 import argparse
 import importlib
-import json
 import os
 import statistics
 import sys
@@ -23,6 +22,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "dev"), os.path.join(ROOT, "benchmarks")]
 
+from report import parse, save, shared_args  # noqa: E402
 from sizes import say  # noqa: E402
 
 WINDOW = dict(start=0.15, end=0.95, max_consecutive=3)   # the node's defaults, for both caches' windows
@@ -56,21 +56,15 @@ class Computed:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="flux-deep-narrow", choices=["flux-deep-narrow", "sdxl-narrow", "tiny"])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--res", default="256x256")
     ap.add_argument("--ours", default="0.5,0.7,0.9", help="our thresholds")
     ap.add_argument("--easycache", default="0.2,0.5,1", help="EasyCache's reuse thresholds")
     ap.add_argument("--compiled", default="best", help="'best': each cache's highest threshold also with the "
                     "compiled model; 'all'; 'none'")
     ap.add_argument("--probe", action="store_true")
-    ap.add_argument("--cache", default="~/.cache/comfyui-deepytorch/bench")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    args.cache = os.path.expanduser(args.cache)
-    args.width, args.height = map(int, args.res.split("x"))
-    args.out = args.out or os.path.join(ROOT, "test-artifacts", "bench", f"{args.device}-{args.size}-stepcache")
+    shared_args(ap, "256x256")
+    args = parse(ap, "stepcache")
     from run import cpu_name, git_commit
     from sampling import Bench
     b = Bench(args)
@@ -172,9 +166,6 @@ def targets(v, ours_t, easy_t):
 
 
 def write(results, out):
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
     lines = [f"DeepyTorch step cache benchmark: {results['size']}, {results['resolution']}, {results['steps']} steps "
              f"(euler, cfg 1), {results['repeats']} repeats, device {results['device']} ({results['device_name']}), "
              f"ComfyUI {results['comfyui']}, torch {results['torch']}, commit {results['commit']}; window "
@@ -189,10 +180,7 @@ def write(results, out):
                      f"{r['pixel_max_err']:.1f} |")
     lines.append("")
     lines += [f"- {t['target']}: {'met' if t['met'] else 'MISSED'}" for t in results["targets"]]
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text)
-    print(text)
+    save(results, out, lines)
 
 
 if __name__ == "__main__":
