@@ -238,6 +238,10 @@ class _GuardFilter:
         return [self.keep(g) for g in entries]
 
     def keep(self, g):
+        if getattr(g.orig_guard, "user_stack", None) is not None:
+            # each guard's user-code stack, read only for failure messages: saved, the largest part of a guard's
+            # bytes (unpickling guards is a third of a warm start); the reasons keep the guard's code
+            g.orig_guard.user_stack = None
         kinds = {g.guard_type, *(g.derived_guard_types or ())}
         if g.is_global:                                  # globals: the key's source hashes and torch version
             return False
