@@ -16,6 +16,8 @@ is put in the artifact's key instead or checked at call time:
 - at load: the hash of every source file dynamo traced (a ComfyUI update never runs stale code);
 - at call time: the identity of functions found in the inputs (e.g. the attention override), by name.
 Anything that does not match, or cannot be read, is ignored with a log line and the region compiles.
+Blocks of a class whose calls differ only in literal options no traced program depends on (SDXL's block ids) share
+one artifact, verified by tracing (see _literal_items).
 """
 import contextlib
 import functools
@@ -39,13 +41,15 @@ from . import compile_cache, log
 ENV = "DEEPYTORCH_PRECOMPILE"
 FORMAT = 1
 MAGIC = b"DEEPYTORCH-PRECOMPILED\n"
+ALIAS_MAGIC = b"DEEPYTORCH-PRECOMPILED-ALIAS\n"
 ENGINE_DIR = os.path.dirname(os.path.abspath(__file__))
 # this pack's module-name prefix (ComfyUI names a custom-node pack by its folder, or by its path on newer versions):
 # artifacts record it, a process with another install path maps it back while loading
 PACK = __name__.rpartition(".engine.")[0]
 
 # process-wide counts (tests and the start-up log read deltas of them)
-STATS = {"loads": 0, "load_s": 0.0, "bakes": 0, "bake_s": 0.0, "ignored": 0, "calls": 0}
+STATS = {"loads": 0, "load_s": 0.0, "bakes": 0, "bake_s": 0.0, "ignored": 0, "calls": 0, "shares": 0,
+         "share_s": 0.0, "aliases": 0}
 
 
 def supported():
@@ -295,7 +299,7 @@ def _aot_compile(compiled, module, args, kwargs, attempts=4):
 
 
 def _accessor(expr):
-    """A reader for a guard's source (`name`, `.attr`, `['key']`, `[0]` only: guards name their inputs that way)."""
+    """A reader for a guard's source (`name`, `.attr`, `[literal]` only: guards name their inputs that way)."""
     import ast
     steps = []
     node = ast.parse(expr, mode="eval").body
@@ -303,8 +307,9 @@ def _accessor(expr):
         if isinstance(node, ast.Attribute):
             steps.append((getattr, node.attr))
             node = node.value
-        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
-            steps.append((lambda obj, key: obj[key], node.slice.value))
+        elif isinstance(node, ast.Subscript):
+            # a literal key: a name, an index, or a tuple (ComfyUI keys attention patches by block id, ('middle', 0))
+            steps.append((lambda obj, key: obj[key], ast.literal_eval(node.slice)))
             node = node.value
         else:
             raise ValueError(f"unsupported guard source {expr!r}")
@@ -386,22 +391,148 @@ def _without_weak_marks(args, kwargs, active=True):
                 t._has_dynamo_dim_marking = flag
 
 
+# -- blocks that differ only in literal options (SDXL's block ids) share an artifact ------------------------------
+# ComfyUI's SD/SDXL transformer blocks read their block id (transformer_options["block"], e.g. ("input", 7)) to look
+# up attention patches: dynamo guards on its value, so every block of a class needed an artifact of its own (SDXL:
+# 11 SpatialTransformers, 6 of them 10 transformer blocks deep), although with no patch for them their graphs are
+# the same. A call that misses only because such literal items differ from an artifact's shares that artifact when
+#   - the artifact's guards pass with its own values put in for the differing items the trace guards on,
+#   - dynamo traces the call, and the same call with those values put in, to the same program: graph, bytecode and
+#     every guard but those on the items (so nothing the program computes depends on their values), and
+#   - that program never loads the items at run time (it would read the values put in).
+# It is then called with the artifact's values put in (restored after). Verified per value (another block id is
+# traced again) and written to the store as an alias, so a new process loads the artifact once for all its blocks.
+def _is_literal(v, depth=0):
+    if v is None or isinstance(v, (bool, int, str)):
+        return True
+    return depth < 2 and isinstance(v, tuple) and all(_is_literal(x, depth + 1) for x in v)
+
+
+def _literal_items(args, kwargs):
+    """{(where, key): value}: the literal items (str / int / bool / None / tuples of them) of the dict inputs; where
+    is an argument's position or a keyword's name."""
+    out = {}
+    for where, v in [*enumerate(args), *kwargs.items()]:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if isinstance(k, str) and _is_literal(x):
+                    out[(where, k)] = x
+    return out
+
+
+def _same(a, b):
+    return type(a) is type(b) and a == b
+
+
+@contextlib.contextmanager
+def _substituted(args, kwargs, values):
+    """The dict inputs' items set to `values` ({(where, key): value}) for the duration, put back after."""
+    saved = []
+    try:
+        for (where, key), value in values.items():
+            holder = kwargs[where] if isinstance(where, str) else args[where]
+            saved.append((holder, key, holder[key]))
+            holder[key] = value
+        yield
+    finally:
+        for holder, key, value in reversed(saved):
+            holder[key] = value
+
+
+def _pack_literals(values):
+    return [[where, key, repr(v)] for (where, key), v in values.items()]
+
+
+def _unpack_literals(items):
+    import ast
+    out = {}
+    for where, key, text in items:
+        value = ast.literal_eval(text)
+        if not _is_literal(value) or repr(value) != text:
+            raise ValueError(f"not a literal option value: {text[:80]}")
+        out[(where, key)] = value
+    return out
+
+
+def _code_text(code):
+    """A code object's instructions and those of the code objects in its constants, with the names dynamo numbers
+    per compile (the graph's global, resume functions) made neutral."""
+    import dis
+    parts = []
+
+    def visit(c):
+        parts.append(dis.Bytecode(c).dis())
+        for k in c.co_consts:
+            if isinstance(k, types.CodeType):
+                visit(k)
+    visit(code)
+    return re.sub(r"__(compiled_fn|resume_at)_[0-9a-zA-Z_]+", r"__\1", "\n".join(parts))
+
+
+def _code_strings(code):
+    """The strings a code object (and the code objects in its constants) loads as constants: the keys it reads or
+    writes at run time (dynamo's code keeps the traced function's constants, used or not: only loads count)."""
+    import dis
+    found = set()
+
+    def add(v):
+        if isinstance(v, str):
+            found.add(v)
+        elif isinstance(v, (tuple, frozenset)):
+            for x in v:
+                add(x)
+
+    def visit(c):
+        for ins in dis.get_instructions(c):
+            if ins.opname in ("LOAD_CONST", "RETURN_CONST"):
+                add(ins.argval)
+        for k in c.co_consts:
+            if isinstance(k, types.CodeType):
+                visit(k)
+    visit(code)
+    return found
+
+
+def _guard_lines(manager, skip):
+    """The guard tree's lines without their comments (source lines) and object ids, less those naming `skip`."""
+    marks = [f"[{k!r}]" for k in skip]
+    lines = []
+    for line in str(manager).splitlines():
+        if any(m in line for m in marks):
+            continue
+        line = line.split("  #")[0].rstrip()
+        lines.append(re.sub(r"\b\d{8,}\b", "<id>", line))
+    return lines
+
+
 class _Entry:
     """One loaded or baked artifact."""
 
-    def __init__(self, fn, checks, path, dynamic, strip=False):
+    def __init__(self, fn, checks, path, dynamic, strip=False, literals=None):
         self.fn = fn
         self.path = path
         self.dynamic = dynamic
         self.strip = strip    # compiled with the inputs' weak dynamic marks set aside: checked and called so
         self.checks = [(_accessor(expr), expr, expected) for expr, expected in checks.items()]
+        self.literals = literals  # the literal option items it was compiled with (see _literal_items), if known
+        self.shares = []          # [(values of a call that shares it, this artifact's values put in for it)]
+
+    def _put_in(self, args, kwargs):
+        """This artifact's values for a call that shares it (see _Entry.shares), else {}."""
+        for values, ours in self.shares:
+            try:
+                if all(_same((kwargs[w] if isinstance(w, str) else args[w])[k], v) for (w, k), v in values.items()):
+                    return ours
+            except (KeyError, IndexError, TypeError):
+                continue
+        return {}
 
     def matches(self, module, args, kwargs):
-        with _without_weak_marks(args, kwargs, self.strip):
+        with _without_weak_marks(args, kwargs, self.strip), _substituted(args, kwargs, self._put_in(args, kwargs)):
             return self._matches(module, args, kwargs)
 
     def call(self, module, args, kwargs):
-        with _without_weak_marks(args, kwargs, self.strip):
+        with _without_weak_marks(args, kwargs, self.strip), _substituted(args, kwargs, self._put_in(args, kwargs)):
             return self.fn.fn(module, *args, **kwargs)
 
     def _matches(self, module, args, kwargs):
@@ -420,7 +551,8 @@ class _Entry:
 
     def why_not(self, module, args, kwargs):
         try:
-            with _without_weak_marks(args, kwargs, self.strip):
+            with _without_weak_marks(args, kwargs, self.strip), _substituted(args, kwargs,
+                                                                              self._put_in(args, kwargs)):
                 return self._why_not(module, args, kwargs)
         except Exception as e:   # pragma: no cover - torch internals moved
             return f"guards failed ({type(e).__name__})"
@@ -536,6 +668,10 @@ class PrecompiledForward:
             if entry is not None:
                 self._note(had, reason, f"loaded {os.path.basename(entry.path)}")
                 return entry
+        entry = self._share(module, args, kwargs) if had else None
+        if entry is not None:
+            self._note(had, reason, f"shares {os.path.basename(entry.path)}")
+            return entry
         # dynamic 'auto': static at first, dynamic once a class meets a second signature (torch's own rule)
         bake_dynamic = dynamic is not None and (self.options.dynamic == "true" or had)
         if stripped is not None and "stripped" not in self.unsaved and (self.strip or bake_dynamic in self.unsaved):
@@ -569,37 +705,19 @@ class PrecompiledForward:
         return f"{self.name}-{_digest(parts)[:24]}{'-dyn' if dynamic else ''}{'s' if strip else ''}"
 
     def _load(self, key, module, args, kwargs):
-        for path in sorted(glob.glob(os.path.join(glob.escape(self.directory), key + ".*.bin"))):
+        d = glob.escape(self.directory)
+        for path in sorted(glob.glob(os.path.join(d, key + ".*.bin")) + glob.glob(os.path.join(d, key + ".*.alias"))):
             if path in self.loaded_paths:
                 continue
             self.loaded_paths.add(path)
-            t0 = time.perf_counter()
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-                if not data.startswith(MAGIC):
-                    raise ValueError("not a DeepyTorch precompiled artifact")
-                header, _, blob = data[len(MAGIC):].partition(b"\n")
-                meta = json.loads(header)
-                if meta.get("format") != FORMAT or meta.get("key") != key:
-                    raise ValueError("written for another key or format")
-                if len(blob) != meta.get("size"):
-                    raise ValueError(f"truncated ({len(blob)} of {meta.get('size')} bytes)")
-                stale = _stale_sources(meta.get("sources", {}))
-                if stale:
-                    raise ValueError(f"the source of {stale} changed since it was compiled")
-                with _pack_aliases(meta.get("pack_module")):
-                    import io
-                    fn = torch.compiler.load_compiled_function(io.BytesIO(blob))
-            except Exception as e:   # missing, foreign, corrupt, truncated: ignored, the region compiles
-                STATS["ignored"] += 1
-                log.info("precompiled: ignored %s (%s: %s)", os.path.basename(path), type(e).__name__,
-                         " ".join(str(e).split())[:300])
+            if path.endswith(".alias"):
+                entry = self._alias(path, key)
+                if entry is not None and entry.matches(module, args, kwargs):
+                    return entry
                 continue
-            STATS["loads"] += 1
-            STATS["load_s"] += time.perf_counter() - t0
-            entry = _Entry(fn, meta.get("checks", {}), path, meta.get("dynamic", False),
-                           meta.get("strip_weak_marks", False))
+            entry = self._read(path, key)
+            if entry is None:
+                continue
             if not entry.matches(module, args, kwargs):
                 self.entries.append(entry)   # another signature's (same key): kept for later calls
                 log.log.debug("DeepyTorch: precompiled: %s does not match this call: %s", os.path.basename(path),
@@ -609,8 +727,70 @@ class PrecompiledForward:
             return entry
         return None
 
+    def _read(self, path, key=None):
+        """The artifact in `path` (written for `key`, if given), or None with the reason logged."""
+        t0 = time.perf_counter()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            if not data.startswith(MAGIC):
+                raise ValueError("not a DeepyTorch precompiled artifact")
+            header, _, blob = data[len(MAGIC):].partition(b"\n")
+            meta = json.loads(header)
+            if meta.get("format") != FORMAT or (key is not None and meta.get("key") != key):
+                raise ValueError("written for another key or format")
+            if len(blob) != meta.get("size"):
+                raise ValueError(f"truncated ({len(blob)} of {meta.get('size')} bytes)")
+            stale = _stale_sources(meta.get("sources", {}))
+            if stale:
+                raise ValueError(f"the source of {stale} changed since it was compiled")
+            literals = _unpack_literals(meta["literals"]) if meta.get("literals") is not None else None
+            with _pack_aliases(meta.get("pack_module")):
+                import io
+                fn = torch.compiler.load_compiled_function(io.BytesIO(blob))
+        except Exception as e:   # missing, foreign, corrupt, truncated: ignored, the region compiles
+            STATS["ignored"] += 1
+            log.info("precompiled: ignored %s (%s: %s)", os.path.basename(path), type(e).__name__,
+                     " ".join(str(e).split())[:300])
+            return None
+        STATS["loads"] += 1
+        STATS["load_s"] += time.perf_counter() - t0
+        return _Entry(fn, meta.get("checks", {}), path, meta.get("dynamic", False),
+                      meta.get("strip_weak_marks", False), literals)
+
+    def _alias(self, path, key):
+        """The artifact an alias file names, shared by this call (see _literal_items), or None."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            if not data.startswith(ALIAS_MAGIC):
+                raise ValueError("not a DeepyTorch alias")
+            meta = json.loads(data[len(ALIAS_MAGIC):])
+            if meta.get("format") != FORMAT or meta.get("key") != key:
+                raise ValueError("written for another key or format")
+            values, ours = _unpack_literals(meta["values"]), _unpack_literals(meta["artifact_values"])
+            target = os.path.join(self.directory, os.path.basename(meta["artifact"]))
+        except Exception as e:
+            STATS["ignored"] += 1
+            log.info("precompiled: ignored %s (%s: %s)", os.path.basename(path), type(e).__name__,
+                     " ".join(str(e).split())[:300])
+            return None
+        entry = next((e for e in self.entries if e.path == target), None)
+        if entry is None:
+            if target in self.loaded_paths:
+                return None   # read before and ignored
+            self.loaded_paths.add(target)
+            entry = self._read(target)
+            if entry is None:
+                return None
+            self.entries.append(entry)
+        STATS["aliases"] += 1
+        entry.shares.append((values, ours))
+        return entry
+
     def _bake(self, key, module, args, kwargs, dynamic, strip=False):
         t0 = time.perf_counter()
+        literals = _literal_items(args, kwargs)   # as the call brings them (the block may change its options)
         filt = _GuardFilter()
         try:
             options = dict(self.compile_kwargs.get("options") or {})
@@ -628,6 +808,11 @@ class PrecompiledForward:
                     module.__dict__["forward"] = installed
             if filt.unsafe:
                 raise _Unsafe("inputs whose identity the artifact would need: " + ", ".join(filt.unsafe[:3]))
+            path = os.path.join(self.directory, f"{key}.{uuid.uuid4().hex[:12]}.bin")
+            try:
+                entry = _Entry(fn, filt.checks, path, dynamic, strip, literals)
+            except ValueError as e:   # a call-time check on an input this cannot read back
+                raise _Unsafe(str(e)) from e
         except Exception as e:
             if not _cannot_precompile(e):   # the call's own error (e.g. a user's wrong input): routed by the caller
                 raise
@@ -637,14 +822,12 @@ class PrecompiledForward:
             return None
         STATS["bakes"] += 1
         STATS["bake_s"] += time.perf_counter() - t0
-        path = os.path.join(self.directory, f"{key}.{uuid.uuid4().hex[:12]}.bin")
-        entry = _Entry(fn, filt.checks, path, dynamic, strip)
-        self._save(fn, key, path, filt.checks, dynamic, strip, module, args, kwargs)
+        self._save(fn, key, path, filt.checks, dynamic, strip, module, args, kwargs, literals)
         self.loaded_paths.add(path)
         self.entries.insert(0, entry)
         return entry
 
-    def _save(self, fn, key, path, checks, dynamic, strip, module, args, kwargs):
+    def _save(self, fn, key, path, checks, dynamic, strip, module, args, kwargs, literals=None):
         """Saves the artifact, if a copy read back from its bytes matches the call it was compiled for (torch does
         not save every guard faithfully: with dynamic shapes it records a tensor's dynamic mark as absent, and
         ComfyUI's noise schedule carries one): a file that could never match again is not written."""
@@ -662,7 +845,7 @@ class PrecompiledForward:
                          self.name, "dynamic" if dynamic else "static", self.unsaved[kind][:200])
                 return
             meta = {"format": FORMAT, "key": key, "size": len(blob), "dynamic": dynamic, "strip_weak_marks": strip,
-                    "checks": checks,
+                    "checks": checks, "literals": _pack_literals(literals) if literals is not None else None,
                     "sources": _traced_sources(fn), "pack_module": PACK, "block": self.name,
                     "torch": torch.__version__, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
             os.makedirs(self.directory, exist_ok=True)
@@ -671,6 +854,102 @@ class PrecompiledForward:
                 f.write(MAGIC + json.dumps(meta).encode() + b"\n" + blob)
             os.replace(tmp, path)   # atomic: a reader sees the whole file or none
         except Exception as e:   # read-only or full store: this process keeps the artifact in memory
+            _once(("save", self.directory), "precompiled: could not save to %s (%s: %s); regions are compiled in "
+                  "memory only", self.directory, type(e).__name__, " ".join(str(e).split())[:200], level="warning")
+
+
+    # -- a call that differs from an artifact's only in literal options: share it (see _literal_items) --------------
+    def _share(self, module, args, kwargs):
+        if not hasattr(torch._dynamo.convert_frame, "fullgraph_capture"):
+            return None
+        mine = _literal_items(args, kwargs)
+        last = self.last.get(module)
+        for entry in ([last] if last is not None else []) + [e for e in self.entries if e is not last]:
+            if entry.literals is None:
+                continue
+            if set(entry.literals) != set(mine):
+                continue
+            differ = {k for k in mine if not _same(mine[k], entry.literals[k])}
+            if differ:
+                shared = self._verify(entry, module, args, kwargs, differ)
+                if shared is not None:
+                    return shared
+        return None
+
+    def _verify(self, entry, module, args, kwargs, differ):
+        t0 = time.perf_counter()
+        try:
+            # first the artifact's own guards with its values put in (cheap): most misses are other shapes
+            values = {k: v for k, v in _literal_items(args, kwargs).items() if k in differ}
+            entry.shares.append((values, {k: entry.literals[k] for k in differ}))
+            fits = entry.matches(module, args, kwargs)
+            entry.shares.pop()
+            if not fits:
+                return None
+            real = self._capture(entry, module, args, kwargs)
+            # the items the trace guards on (the others may differ: nothing in the program depends on them)
+            guarded = {k for k in differ if any(f"[{k[1]!r}]" in line for line in real[2])}
+            ours = {k: entry.literals[k] for k in guarded}
+            if not ours or _code_strings(real[3]) & {k[1] for k in ours}:
+                return None   # nothing to put in, or the program reads those items back at run time
+            with _substituted(args, kwargs, ours):
+                theirs = self._capture(entry, module, args, kwargs)
+            skip = {k[1] for k in ours}
+            if real[:2] != theirs[:2] or _guard_lines(real[4], skip) != _guard_lines(theirs[4], skip):
+                return None
+            values = {k: v for k, v in values.items() if k in ours}
+            entry.shares.append((values, ours))
+            if not entry.matches(module, args, kwargs):
+                entry.shares.pop()
+                return None
+        except Exception as e:   # torch internals this needs moved, or the trace failed: compiled as before
+            log.log.debug("DeepyTorch: precompiled: %s: no shared artifact (%s: %s)", self.name, type(e).__name__,
+                          " ".join(str(e).split())[:200])
+            return None
+        finally:
+            STATS["share_s"] += time.perf_counter() - t0
+        STATS["shares"] += 1
+        self._save_alias(entry, module, args, kwargs, values, ours)
+        return entry
+
+    def _capture(self, entry, module, args, kwargs):
+        """dynamo's trace of this call, compiled as `entry` was, without compiling it: (graph code, bytecode text,
+        the guard filter's calls, the bytecode, the guard tree)."""
+        from torch._dynamo import convert_frame
+        from torch._dynamo.eval_frame import set_enable_dynamic
+        from torch._dynamo.hooks import Hooks
+        from torch._dynamo.utils import dynamo_timed, get_metrics_context
+        filt = _GuardFilter()
+        installed = module.__dict__.pop("forward", None)
+        try:
+            with _without_weak_marks(args, kwargs, entry.strip), _no_duck_sizing(entry.dynamic), \
+                    get_metrics_context(), dynamo_timed("deepytorch_share_capture"), \
+                    set_enable_dynamic(bool(entry.dynamic)):
+                out = convert_frame.fullgraph_capture(self.forward, (module, *args), kwargs)
+                graph = out.graph_capture_output
+                check = graph.build_guards(self.forward.__code__, hooks=Hooks(guard_filter_fn=filt), save=False)
+        finally:
+            if installed is not None:
+                module.__dict__["forward"] = installed
+        code = out.backend_input.graph_module.code if out.backend_input is not None else ""
+        lines = str(check.guard_manager).splitlines()
+        return code, _code_text(graph.bytecode), lines, graph.bytecode, check.guard_manager
+
+    def _save_alias(self, entry, module, args, kwargs, values, ours):
+        key = self._key(module, args, kwargs, entry.dynamic, entry.strip)
+        path = os.path.join(self.directory, f"{key}.{uuid.uuid4().hex[:12]}.alias")
+        self.loaded_paths.add(path)
+        if entry.path not in self.loaded_paths or not os.path.exists(entry.path):
+            return   # the artifact itself was not saved: nothing a new process could share
+        meta = {"format": FORMAT, "key": key, "artifact": os.path.basename(entry.path), "block": self.name,
+                "values": _pack_literals(values), "artifact_values": _pack_literals(ours),
+                "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".baking-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(ALIAS_MAGIC + json.dumps(meta).encode())
+            os.replace(tmp, path)
+        except Exception as e:
             _once(("save", self.directory), "precompiled: could not save to %s (%s: %s); regions are compiled in "
                   "memory only", self.directory, type(e).__name__, " ".join(str(e).split())[:200], level="warning")
 

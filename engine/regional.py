@@ -323,11 +323,14 @@ class AcceleratedModel:
         graphs = _graphs_compiled() - self._graphs_at_start
         self.start_counts = {"artifacts_loaded": stats["loads"], "artifacts_compiled": stats["bakes"],
                              "artifacts_ignored": stats["ignored"], "dynamo_graphs": graphs,
+                             # blocks running another block's artifact (literal options apart; see precompiled)
+                             "artifacts_shared": stats["aliases"] + stats["shares"],
                              "inductor_cache_hits": hits, "inductor_cache_misses": misses, "seconds": seconds}
         if stats["loads"] and not stats["bakes"] and not graphs:
             self.start = "precompiled"
-            log.info("%s: %d region(s) started from %d precompiled artifact(s) in %.1f s (no dynamo tracing)",
-                     self.label, self._regions, stats["loads"], seconds)
+            log.info("%s: %d region(s) started from %d precompiled artifact(s)%s in %.1f s (no dynamo tracing)",
+                     self.label, self._regions, stats["loads"],
+                     f" ({stats['aliases']} shared by blocks with other ids)" if stats["aliases"] else "", seconds)
             return
         if not (stats["loads"] or stats["bakes"] or graphs or hits or misses):
             self.start = "cache"   # every region found code compiled earlier in this process
@@ -340,6 +343,8 @@ class AcceleratedModel:
             parts.append(f"{stats['bakes']} precompiled artifact(s) compiled and saved")
         if stats["loads"]:
             parts.append(f"{stats['loads']} loaded")
+        if stats["shares"]:
+            parts.append(f"{stats['shares']} shared by blocks with other ids ({stats['share_s']:.1f} s to verify)")
         if graphs:
             parts.append(f"{graphs} dynamo graph(s)")
         parts.append(f"inductor cache {hits} hit(s) / {misses} miss(es)")

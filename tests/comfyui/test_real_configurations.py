@@ -354,3 +354,25 @@ def test_partially_loaded_blocks_run_eager_named_in_the_log_and_compiled_again_o
     assert acc.compiled_calls == 2 * 2 + 2 * 4 and acc.recompiles == 0 and acc.failed is None
     for out, ref in zip(outs, eager):
         assert (out - ref).abs().max() <= ref.abs().max() / 255
+
+
+def test_sdxl_blocks_sharing_an_artifact_keep_their_own_attention_patches(comfy, run, engine):
+    """SpatialTransformers whose calls differ only in their block id share one precompiled artifact (see
+    engine/precompiled.py). ComfyUI's PerturbedAttentionGuidance replaces the middle block's self-attention, on an
+    extra call of each step, through a patch keyed by block id: no block may run another block's patch or miss its
+    own. The image matches eager ComfyUI's with the same node."""
+    def graph(prefix, accel=None):
+        p = wf.sdxl_t2i(prefix=prefix, seed=5, accel=accel)
+        p["30"] = {"class_type": "PerturbedAttentionGuidance", "inputs": {"model": p["9"]["inputs"]["model"],
+                                                                           "scale": 3.0}}
+        p["9"]["inputs"]["model"] = ["30", 0]
+        return p
+    eager = comfy.image(run(graph("pag_e")), "11")
+    plain = comfy.image(run(wf.sdxl_t2i(prefix="pag_plain", seed=5)), "11")
+    img = comfy.image(run(graph("pag_a", wf.accel_inputs())), "11")
+    acc = engine.regional.latest("SDXL")
+    assert acc.failed is None and acc.compiled_calls > 0
+    shared = [e for fn in acc.compiled.values() for e in getattr(getattr(fn, "__func__", fn), "entries", ())
+              if e.shares]
+    assert shared, "no SpatialTransformer ran another block's artifact"
+    assert np.abs(img - eager).max() <= TOL and np.abs(eager - plain).max() > 1   # the patch changes the image

@@ -51,11 +51,23 @@ TOY = {
         class IndexedModel(Model):
             def __init__(self):
                 super().__init__()
-                self.blocks = torch.nn.ModuleList([IndexedBlock(16), IndexedBlock(16)])
+                self.blocks = torch.nn.ModuleList([IndexedBlock(16) for _ in range(3)])
+                self.seen = []
             def forward(self, x, act):
                 for i, b in enumerate(self.blocks):
-                    x = b(x, transformer_options={"act": act, "index": i})
+                    options = {"act": act, "index": i}
+                    x = b(x, transformer_options=options)
+                    self.seen.append(options.get("seen"))
                 return x
+        class RecordingBlock(IndexedBlock):
+            def forward(self, x, transformer_options={}):
+                # the index also written back into the options: a program that depends on it beyond its graph
+                transformer_options["seen"] = transformer_options["index"]
+                return super().forward(x, transformer_options)
+        class RecordingModel(IndexedModel):
+            def __init__(self):
+                super().__init__()
+                self.blocks = torch.nn.ModuleList([RecordingBlock(16) for _ in range(3)])
     """,
 }
 
@@ -75,7 +87,7 @@ from comfyui_deepytorch.engine.backends import CompileOptions, InductorBackend
 import toy_blocks, toy_helpers
 compile_cache.configure(sys.argv[2])
 torch.manual_seed(0)
-model = (toy_blocks.IndexedModel if cfg.get("indexed") else toy_blocks.Model)()
+model = getattr(toy_blocks, cfg.get("model", "Model"))()
 acc = regional.AcceleratedModel("Toy", InductorBackend("cpu"), CompileOptions())
 for path, fn in acc.region_forwards(model).items():
     setattr(model.get_submodule(path), "forward", fn)
@@ -101,6 +113,7 @@ with torch.inference_mode():
     if cfg.get("then_act"):   # the same process, another function in the inputs
         act = getattr(toy_helpers, cfg["then_act"])
         out["diff_switched"] = float((model(x, act) - eager()).abs().max())
+out["seen"] = getattr(model, "seen", [])[:3]
 out.update(stats=dict(precompiled.STATS), graphs=counters["stats"]["unique_graphs"],
            inductor_misses=counters["inductor"]["fxgraph_cache_miss"], calls=acc.compiled_calls,
            after_patch_compiles=precompiled.STATS["bakes"] - first[0]["bakes"] + counters["stats"]["unique_graphs"]
@@ -191,16 +204,37 @@ def test_cold_bakes_once_per_class_and_a_new_process_starts_without_tracing(bake
     assert warm["diff_patched"] <= 1e-5 and warm["after_patch_compiles"] == 0
 
 
-def test_blocks_that_need_artifacts_of_their_own_check_one_artifact_per_call(tmp_path, toy):
-    """Two blocks of one class whose index needs a graph each (SDXL's SpatialTransformers: block ids), called in
-    turn: each call checks the guards of its own block's artifact only, cold and warm (trying the artifacts in
-    turn checked the other block's first: 2 checks a call here, 2.5 on sdxl-narrow, 19 ms a step)."""
+def aliases(cache):
+    return sorted(p for p in (cache / "precompiled").iterdir() if p.suffix == ".alias")
+
+
+def test_blocks_whose_index_changes_the_graph_get_their_own_artifact_the_others_share_one(tmp_path, toy):
+    """Three blocks of one class whose index is guarded (SDXL's SpatialTransformers: block ids): the odd one's
+    index changes its graph (an artifact of its own), blocks 0 and 2 trace to the same program and share one
+    artifact - block 2 runs it with block 0's index put in, verified by tracing both, and a new process loads it once
+    through the alias the cold process wrote (old code: an artifact per block, 3). Each call checks one artifact's
+    guards, cold and warm (trying the artifacts in turn checked the others' first: 2.5 checks a call on
+    sdxl-narrow, 19 ms a step)."""
     cache = tmp_path / "nas"
-    cold = start(cache, toy, indexed=True)
-    assert cold["diff"] <= 1e-5 and cold["stats"]["bakes"] == 2 and len(artifacts(cache)) == 2
-    warm = start(cache, toy, indexed=True)
-    assert warm["diff"] <= 1e-5 and warm["stats"]["loads"] == 2 and warm["graphs"] == 0
+    cold = start(cache, toy, model="IndexedModel")
+    assert cold["diff"] <= 1e-5 and cold["stats"]["bakes"] == 2 and cold["stats"]["shares"] == 1
+    assert len(artifacts(cache)) == 2 and len(aliases(cache)) == 1
+    warm = start(cache, toy, model="IndexedModel")
+    assert warm["diff"] <= 1e-5 and warm["diff_patched"] <= 1e-5 and warm["graphs"] == 0
+    assert warm["stats"]["loads"] == 2 and warm["stats"]["aliases"] == 1 and warm["stats"]["bakes"] == 0
+    assert warm["start"] == "precompiled" and warm["start_counts"]["artifacts_shared"] == 1
     assert cold["checks_per_call"] == warm["checks_per_call"] == 1.0
+
+
+def test_a_block_whose_program_reads_its_index_back_shares_nothing(tmp_path, toy):
+    """The index also written into the options (the program depends on it beyond its graph): no block runs another
+    block's artifact, and each block's options hold its own index, cold and warm."""
+    cache = tmp_path / "nas"
+    cold = start(cache, toy, model="RecordingModel")
+    assert cold["diff"] <= 1e-5 and cold["stats"]["bakes"] == 3 and cold["stats"]["shares"] == 0
+    assert cold["seen"] == [0, 1, 2] and not aliases(cache)
+    warm = start(cache, toy, model="RecordingModel")
+    assert warm["diff"] <= 1e-5 and warm["stats"]["loads"] == 3 and warm["seen"] == [0, 1, 2]
 
 
 def test_saved_guards_leave_out_the_hook_guards_torch_does_not_check_and_their_user_stacks(baked):
