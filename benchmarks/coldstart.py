@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -32,6 +33,18 @@ from sizes import SDXL_UNET, SIZES, TEXT_TOKENS, family, model_file, say  # noqa
 from devkit.scratch import scratch_dir  # noqa: E402
 
 KINDS = ("eager", "empty", "warm", "warmup")
+# the end of a sampler's progress bar in ComfyUI's log (tqdm: "20/20 [00:09<00:00,  2.10it/s]"), whose rate is tqdm's
+# smoothed one: the steady per-step speed of that request, without its text encoding and VAE decode
+PROGRESS = re.compile(r"(\d+)/(\d+) \[[\d:]+<[\d:?]+,\s*([\d.]+)(it/s|s/it)\]")
+
+
+def last_step_s(log):
+    """s/step at the end of the last finished progress bar in a server log, or None."""
+    done = [m for m in PROGRESS.finditer(log) if m.group(1) == m.group(2)]
+    if not done:
+        return None
+    rate = float(done[-1].group(3))
+    return 1 / rate if done[-1].group(4) == "it/s" else rate
 ACCEL = "DeepyTorchApplyDiffusionModel"
 
 
@@ -122,6 +135,9 @@ class Instance:
             t2 = time.perf_counter()
             entry = s.run(with_seed(prompt, 2), timeout=timeout)
             out["second_latency_s"] = time.perf_counter() - t2
+            step = last_step_s(s.log())
+            if step is not None:
+                out["second_step_s"] = step
             node = next((n for n, o in entry["outputs"].items() if o.get("images")), None)
             self.image = s.image(entry, node) if node is not None else None   # the second request's
             if self.kind != "eager":
@@ -134,18 +150,24 @@ class Instance:
 
 def table(results, runs):
     rows = ["| instance | process start → listening s | → ready s | → first image s | first request s | "
-            "second request s | first image × eager's | started | image vs eager (max, /255) |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "second request s | second request s/step | first image × eager's | steps × faster than eager's | "
+            "started | image vs eager (max, /255) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     med = {}
     for kind, measured in results.items():
-        med[kind] = {k: statistics.median(m[k] for m in measured) for k in measured[0] if k.endswith("_s")}
+        keys = {k for m in measured for k in m if k.endswith("_s")}
+        med[kind] = {k: statistics.median(m[k] for m in measured if k in m) for k in sorted(keys)}
     eager = med.get("eager", {}).get("first_image_s")
+    eager_step = med.get("eager", {}).get("second_step_s")
     for kind, m in med.items():
         starts = sorted({",".join(filter(None, r.get("start") or [])) for r in results[kind]} - {""})
         ready = f"{m['ready_s']:.1f}" if "ready_s" in m else "-"
         ratio = f"{m['first_image_s'] / eager:.2f}" if eager else "-"
+        step = f"{m['second_step_s']:.3f}" if "second_step_s" in m else "-"
+        faster = f"{eager_step / m['second_step_s']:.2f}" if eager_step and "second_step_s" in m else "-"
         rows.append(f"| {kind} | {m['listening_s']:.1f} | {ready} | {m['first_image_s']:.1f} | "
-                    f"{m['first_latency_s']:.1f} | {m['second_latency_s']:.1f} | {ratio} | {'; '.join(starts) or '-'} | "
+                    f"{m['first_latency_s']:.1f} | {m['second_latency_s']:.1f} | {step} | {ratio} | {faster} | "
+                    f"{'; '.join(starts) or '-'} | "
                     f"{max((r['max_diff_vs_eager'] for r in results[kind] if 'max_diff_vs_eager' in r), default='-')} |")
     return "\n".join(rows), med
 
