@@ -45,6 +45,8 @@ def last_step_s(log):
         return None
     rate = float(done[-1].group(3))
     return 1 / rate if done[-1].group(4) == "it/s" else rate
+
+
 ACCEL = "DeepyTorchApplyDiffusionModel"
 
 
