@@ -493,16 +493,22 @@ def _code_strings(code):
     return found
 
 
-def _guard_lines(manager, skip):
+def _guard_lines(tree, skip):
     """The guard tree's lines without their comments (source lines) and object ids, less those naming `skip`."""
     marks = [f"[{k!r}]" for k in skip]
     lines = []
-    for line in str(manager).splitlines():
+    for line in tree:
         if any(m in line for m in marks):
             continue
         line = line.split("  #")[0].rstrip()
         lines.append(re.sub(r"\b\d{8,}\b", "<id>", line))
     return lines
+
+
+def _ignored(path, e):
+    STATS["ignored"] += 1
+    log.info("precompiled: ignored %s (%s: %s)", os.path.basename(path), type(e).__name__,
+             " ".join(str(e).split())[:300])
 
 
 class _Entry:
@@ -749,10 +755,7 @@ class PrecompiledForward:
                 import io
                 fn = torch.compiler.load_compiled_function(io.BytesIO(blob))
         except Exception as e:   # missing, foreign, corrupt, truncated: ignored, the region compiles
-            STATS["ignored"] += 1
-            log.info("precompiled: ignored %s (%s: %s)", os.path.basename(path), type(e).__name__,
-                     " ".join(str(e).split())[:300])
-            return None
+            return _ignored(path, e)
         STATS["loads"] += 1
         STATS["load_s"] += time.perf_counter() - t0
         return _Entry(fn, meta.get("checks", {}), path, meta.get("dynamic", False),
@@ -771,10 +774,7 @@ class PrecompiledForward:
             values, ours = _unpack_literals(meta["values"]), _unpack_literals(meta["artifact_values"])
             target = os.path.join(self.directory, os.path.basename(meta["artifact"]))
         except Exception as e:
-            STATS["ignored"] += 1
-            log.info("precompiled: ignored %s (%s: %s)", os.path.basename(path), type(e).__name__,
-                     " ".join(str(e).split())[:300])
-            return None
+            return _ignored(path, e)
         entry = next((e for e in self.entries if e.path == target), None)
         if entry is None:
             if target in self.loaded_paths:
@@ -848,14 +848,20 @@ class PrecompiledForward:
                     "checks": checks, "literals": _pack_literals(literals) if literals is not None else None,
                     "sources": _traced_sources(fn), "pack_module": PACK, "block": self.name,
                     "torch": torch.__version__, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-            os.makedirs(self.directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".baking-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + json.dumps(meta).encode() + b"\n" + blob)
-            os.replace(tmp, path)   # atomic: a reader sees the whole file or none
+            self._write(path, MAGIC + json.dumps(meta).encode() + b"\n" + blob)
         except Exception as e:   # read-only or full store: this process keeps the artifact in memory
-            _once(("save", self.directory), "precompiled: could not save to %s (%s: %s); regions are compiled in "
-                  "memory only", self.directory, type(e).__name__, " ".join(str(e).split())[:200], level="warning")
+            self._unsaved(e)
+
+    def _write(self, path, data):
+        os.makedirs(self.directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".baking-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)   # atomic: a reader sees the whole file or none
+
+    def _unsaved(self, e):
+        _once(("save", self.directory), "precompiled: could not save to %s (%s: %s); regions are compiled in "
+              "memory only", self.directory, type(e).__name__, " ".join(str(e).split())[:200], level="warning")
 
 
     # -- a call that differs from an artifact's only in literal options: share it (see _literal_items) --------------
@@ -895,7 +901,7 @@ class PrecompiledForward:
             with _substituted(args, kwargs, ours):
                 theirs = self._capture(entry, module, args, kwargs)
             skip = {k[1] for k in ours}
-            if real[:2] != theirs[:2] or _guard_lines(real[4], skip) != _guard_lines(theirs[4], skip):
+            if real[:2] != theirs[:2] or _guard_lines(real[2], skip) != _guard_lines(theirs[2], skip):
                 return None
             values = {k: v for k, v in values.items() if k in ours}
             entry.shares.append((values, ours))
@@ -914,7 +920,7 @@ class PrecompiledForward:
 
     def _capture(self, entry, module, args, kwargs):
         """dynamo's trace of this call, compiled as `entry` was, without compiling it: (graph code, bytecode text,
-        the guard filter's calls, the bytecode, the guard tree)."""
+        the guard tree's lines, the bytecode)."""
         from torch._dynamo import convert_frame
         from torch._dynamo.eval_frame import set_enable_dynamic
         from torch._dynamo.hooks import Hooks
@@ -932,8 +938,7 @@ class PrecompiledForward:
             if installed is not None:
                 module.__dict__["forward"] = installed
         code = out.backend_input.graph_module.code if out.backend_input is not None else ""
-        lines = str(check.guard_manager).splitlines()
-        return code, _code_text(graph.bytecode), lines, graph.bytecode, check.guard_manager
+        return code, _code_text(graph.bytecode), str(check.guard_manager).splitlines(), graph.bytecode
 
     def _save_alias(self, entry, module, args, kwargs, values, ours):
         key = self._key(module, args, kwargs, entry.dynamic, entry.strip)
@@ -945,13 +950,9 @@ class PrecompiledForward:
                 "values": _pack_literals(values), "artifact_values": _pack_literals(ours),
                 "written": time.strftime("%Y-%m-%d %H:%M:%S")}
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".baking-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(ALIAS_MAGIC + json.dumps(meta).encode())
-            os.replace(tmp, path)
+            self._write(path, ALIAS_MAGIC + json.dumps(meta).encode())
         except Exception as e:
-            _once(("save", self.directory), "precompiled: could not save to %s (%s: %s); regions are compiled in "
-                  "memory only", self.directory, type(e).__name__, " ".join(str(e).split())[:200], level="warning")
+            self._unsaved(e)
 
 
 def route(cls, shapes, options, compile_kwargs, dynamo, context=""):
