@@ -30,6 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "dev"))
 
 from sizes import SDXL_UNET, SIZES, TEXT_TOKENS, family, model_file, say  # noqa: E402
+from devkit import allocator  # noqa: E402
 from devkit.scratch import scratch_dir  # noqa: E402
 
 KINDS = ("eager", "empty", "warm", "warmup")
@@ -175,6 +176,7 @@ def table(results, runs):
 
 
 def main():
+    malloc = allocator.steady()   # the server processes inherit it
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="flux-deep-narrow", choices=[s for s in SIZES if s != "tiny"] + ["tiny"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -246,12 +248,12 @@ def main():
             results[kind].append(m)
     text, med = table(results, args.runs)
     head = (f"DeepyTorch cold-start benchmark: {label}, device {args.device}, {args.runs} run(s) per instance kind "
-            f"(medians), ComfyUI {os.path.basename(args.comfy_dir)}")
+            f"(medians), ComfyUI {os.path.basename(args.comfy_dir)}, allocator {malloc}")
     print("\n" + head + "\n\n" + text)
     out = args.out or os.path.join(ROOT, "test-artifacts", "bench", f"{args.device}-{args.size}-coldstart")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "coldstart.json"), "w") as f:
-        json.dump({"label": label, "device": args.device, "runs": results, "medians": med}, f, indent=1)
+        json.dump({"label": label, "device": args.device, "allocator": malloc, "runs": results, "medians": med}, f, indent=1)
     with open(os.path.join(out, "coldstart.md"), "w") as f:
         f.write(head + "\n\n" + text + "\n")
     say(f"wrote {out}/coldstart.md")

@@ -140,7 +140,7 @@ def main():
     med = {v: statistics.median(s) for v, s in steps.items()}
     results = {"size": args.size, "device": args.device, "steps": args.steps, "repeats": args.repeats,
                "resolution": args.res, "path": path, "strength": args.strength, "comfyui": b.comfy_name,
-               "torch": torch.__version__, "commit": git_commit(),
+               "torch": torch.__version__, "commit": git_commit(), "allocator": args.allocator,
                "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name(),
                "variants": {v: {"description": (SAMPLER_DESCRIPTIONS if path == "deeptorch-sampler" else {}).get(
                    v, DESCRIPTIONS[v]), "s_per_step": med[v], "s_per_step_min": min(steps[v]),
@@ -158,7 +158,7 @@ def write(results, out):
     lines = [f"DeepyTorch ControlNet benchmark: {results['size']}, {results['resolution']}, {results['steps']} steps, "
              f"{results['repeats']} repeats, {results['path']} path, device {results['device']} "
              f"({results['device_name']}), ComfyUI {results['comfyui']}, torch {results['torch']}, commit "
-             f"{results['commit']}", "",
+             f"{results['commit']}, allocator {results.get('allocator')}", "",
              "| variant | s/step (median) | min | max | x eager (same ControlNet setting) | x peer |", "|---|---|---|---|---|---|"]
     def ratio(x):
         return "-" if x is None else f"{x:.2f}"

@@ -3,6 +3,7 @@ the arguments every benchmark script shares (device, resolution, model cache, ou
 import json
 import os
 
+from devkit import allocator
 from sizes import family
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,8 +19,10 @@ def shared_args(ap, res):
 
 def parse(ap, kind):
     """ap's arguments, with width / height from --res and the default output folder test-artifacts/bench/<device>-
-    <size>-<kind>."""
+    <size>-<kind>; args.allocator: the C allocator's settings (the process runs again with them first)."""
+    malloc = allocator.steady()
     args = ap.parse_args()
+    args.allocator = malloc
     args.cache = os.path.expanduser(args.cache)
     args.width, args.height = map(int, args.res.split("x"))
     args.out = args.out or os.path.join(ROOT, "test-artifacts", "bench", f"{args.device}-{args.size}-{kind}")
@@ -58,7 +61,8 @@ def write(results, out):
     lines = [f"DeepyTorch benchmark: {family(results['size']).upper()} {results['size']}, {results['resolution']}, "
              f"{results['steps']} steps, {results['repeats']} repeats, device {results['device']}"
              f"{' (' + results['device_name'] + ')' if results.get('device_name') else ''}, ComfyUI "
-             f"{results.get('comfyui')}, torch {results.get('torch')}"]
+             f"{results.get('comfyui')}, torch {results.get('torch')}"
+             f"{', allocator ' + results['allocator'] if results.get('allocator') else ''}"]
     for path in results.get("paths", ["ksampler"]):
         first = path == "ksampler"
         cols = ["variant", "s/step (median)", "min", "max", "sampling s", "x eager", "x peer"]

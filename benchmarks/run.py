@@ -33,6 +33,7 @@ if os.environ.get("DEEPYTORCH_REHEARSE_GPU_IMAGE"):   # benchmarks/gpu.py --dry-
     from devkit import gpu_image
     gpu_image.block(gpu_image.CARRIED)
 
+from devkit import allocator  # noqa: E402
 from report import write  # noqa: E402
 from sampling import Bench  # noqa: E402
 from sizes import SIZES, family, say  # noqa: E402
@@ -169,7 +170,8 @@ def compile_phases(args, results, compile_variants):
 # -- phase: everything, in one run ------------------------------------------------------------------------------------
 def phase_main(args):
     results = {"size": args.size, "device": args.device, "steps": args.steps, "repeats": args.repeats,
-               "resolution": f"{args.width}x{args.height}", "variants": {}, "machine": platform.platform()}
+               "resolution": f"{args.width}x{args.height}", "variants": {}, "machine": platform.platform(),
+               "allocator": args.allocator}
     variants = [v for v in args.variants.split(",") if v]
     phases = set(args.phases.split(","))
     # 1. cold and warm compile, peak memory: fresh processes, empty / reused cache
@@ -253,6 +255,7 @@ def ratios(variants, pick):
 
 
 def main():
+    malloc = allocator.steady()   # before anything is timed: the fresh processes inherit it
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default=None, choices=list(SIZES))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -286,6 +289,7 @@ def main():
     args.width, args.height = map(int, (args.res or default_res).split("x"))
     args.cache = os.path.expanduser(args.cache)
     args.out = args.out or os.path.join(ROOT, "test-artifacts", "bench", f"{args.device}-{args.size}")
+    args.allocator = malloc
     (phase_compile if args.phase == "compile" else phase_main)(args)
 
 

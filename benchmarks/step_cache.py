@@ -126,7 +126,7 @@ def main():
     ref = [s[1] for s in stats["uncached"]]
     results = {"size": args.size, "device": args.device, "steps": steps, "repeats": args.repeats,
                "resolution": args.res, "window": WINDOW, "comfyui": b.comfy_name, "torch": torch.__version__,
-               "commit": git_commit(), "device_name": cpu_name() if args.device == "cpu" else
+               "commit": git_commit(), "allocator": args.allocator, "device_name": cpu_name() if args.device == "cpu" else
                torch.cuda.get_device_name(0), "variants": {}}
     base = statistics.median(times["uncached"])
     for v, (model, desc) in variants.items():
@@ -168,7 +168,8 @@ def targets(v, ours_t, easy_t):
 def write(results, out):
     lines = [f"DeepyTorch step cache benchmark: {results['size']}, {results['resolution']}, {results['steps']} steps "
              f"(euler, cfg 1), {results['repeats']} repeats, device {results['device']} ({results['device_name']}), "
-             f"ComfyUI {results['comfyui']}, torch {results['torch']}, commit {results['commit']}; window "
+             f"ComfyUI {results['comfyui']}, torch {results['torch']}, commit {results['commit']}, "
+             f"allocator {results.get('allocator')}; window "
              f"{results['window']}. Errors vs the uncached image; random weights: indicative only.", "",
              f"Uncached latents: mean |latent| {results['latent_scale']:.3f}.", "",
              "| variant | s/image (median) | min | max | x uncached | skipped | latent err mean | max | relative | "

@@ -11,4 +11,5 @@ never needed by users). Put `dev/` on sys.path, not the repository root: the roo
 - tiny_models, tiny_shim: tiny real-format models of every kind (FLUX, VAE, CLIP-L, T5, an SDXL checkpoint) and the
   shim that lets ComfyUI load them
 - scratch: temporary folders removed when the process exits
+- allocator: the C allocator settings every benchmark / demo process runs with (glibc's fixed thresholds)
 """

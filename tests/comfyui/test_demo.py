@@ -34,6 +34,7 @@ def test_demo_runs_and_a_new_process_starts_from_the_cache(comfy, tmp_path):
     assert out.returncode == 0, text
     assert re.search(r"speed-up \d+\.\d\dx", out.stdout), text
     assert "started 'precompiled' from the cache" in out.stdout, text
+    assert "allocator: glibc, fixed thresholds: MALLOC_MMAP_THRESHOLD_=33554432" in out.stdout, text
     diff = int(re.search(r"max difference (\d+)/255", out.stdout).group(1))
     assert diff <= 1, text
     assert os.path.getsize(tmp_path / "deepytorch-demo.png") > 1000
