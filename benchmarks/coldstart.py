@@ -253,7 +253,8 @@ def main():
     out = args.out or os.path.join(ROOT, "test-artifacts", "bench", f"{args.device}-{args.size}-coldstart")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "coldstart.json"), "w") as f:
-        json.dump({"label": label, "device": args.device, "allocator": malloc, "runs": results, "medians": med}, f, indent=1)
+        json.dump({"label": label, "device": args.device, "allocator": malloc, "runs": results, "medians": med}, f,
+                  indent=1)
     with open(os.path.join(out, "coldstart.md"), "w") as f:
         f.write(head + "\n\n" + text + "\n")
     say(f"wrote {out}/coldstart.md")

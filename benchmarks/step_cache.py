@@ -126,8 +126,8 @@ def main():
     ref = [s[1] for s in stats["uncached"]]
     results = {"size": args.size, "device": args.device, "steps": steps, "repeats": args.repeats,
                "resolution": args.res, "window": WINDOW, "comfyui": b.comfy_name, "torch": torch.__version__,
-               "commit": git_commit(), "allocator": args.allocator, "device_name": cpu_name() if args.device == "cpu" else
-               torch.cuda.get_device_name(0), "variants": {}}
+               "commit": git_commit(), "allocator": args.allocator,
+               "device_name": cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(0), "variants": {}}
     base = statistics.median(times["uncached"])
     for v, (model, desc) in variants.items():
         lat = [(o.float() - r_.float()).abs() for (_, o), r_ in zip(stats[v], ref)]
