@@ -1,4 +1,5 @@
-"""The C allocator settings every benchmark process runs with (`BENCH_MALLOC=default` keeps glibc's own).
+"""The C allocator settings every timed benchmark process and the demo run with (`BENCH_MALLOC=default` keeps
+glibc's own; not `benchmarks/inplace_memory.py`, whose RSS figures are glibc's defaults, as a user's process).
 
 glibc's malloc moves its mmap threshold at run time and hands freed memory back to the OS, so one program runs at
 two speeds between processes: its large temporaries are reused in one process and mapped fresh (page faults) on
